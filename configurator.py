@@ -1,0 +1,101 @@
+"""
+The tiny configurator (nanoGPT's idiom, made safe).
+
+Every script defines its settings as plain globals at the top, then calls
+
+    config = configure(globals())
+
+which reads sys.argv:
+    python train.py config/pretrain_char.py --batch_size=32 --device=cpu
+positional arguments are Python config files that assign some of those globals;
+--key=value overrides one global. Values are parsed with ast.literal_eval (never
+eval), falling back to a plain string, so `--out_dir=out-x` needs no quotes.
+
+Rules: unknown keys fail and name the closest known keys; types must match the
+default (an int where a float is expected is fine, bools accept True/False/true/false,
+a default of None accepts anything). Every error is one line on stderr, exit code 2.
+
+This file also holds fail(), the one-line-error-and-exit used by every script.
+"""
+import ast
+import difflib
+import os
+import sys
+
+_SIMPLE = (bool, int, float, str, tuple, list, dict, type(None))
+
+
+def fail(msg, code=1):
+    """Print one clear line on stderr and exit non-zero (no traceback)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _coerce(key, value, default):
+    """Check/convert value against the type of the default. Returns the value or fails."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        fail(f"--{key} expects a bool (True/False), got {value!r}", 2)
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail(f"--{key} expects a float, got {value!r}", 2)
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail(f"--{key} expects an int, got {value!r}", 2)
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        fail(f"{key} expects a string, got {value!r}", 2)
+    if type(value) is not type(default):
+        fail(f"--{key} expects a {type(default).__name__}, got {value!r}", 2)
+    return value
+
+
+def _unknown(key, known):
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+    fail(f"unknown config key '{key}'{hint}", 2)
+
+
+def configure(g, argv=None):
+    """Apply config files and --key=value flags from argv to the dict g (a script's globals())."""
+    argv = sys.argv[1:] if argv is None else argv
+    known = [k for k, v in g.items() if not k.startswith("_") and isinstance(v, _SIMPLE)]
+    for arg in argv:
+        if not arg.startswith("--"):
+            # a config file: plain Python that assigns some of the known globals
+            if not os.path.isfile(arg):
+                fail(f"config file not found: {arg}", 2)
+            scope = {}
+            try:
+                with open(arg, encoding="utf-8") as f:
+                    exec(compile(f.read(), arg, "exec"), scope)  # config files are code the user wrote
+            except Exception as e:  # a broken config file is a user error, not a crash
+                fail(f"could not run config file {arg}: {type(e).__name__}: {e}", 2)
+            for key, value in scope.items():
+                if key.startswith("_") or not isinstance(value, _SIMPLE):
+                    continue  # imports, helpers, __builtins__
+                if key not in known:
+                    _unknown(key, known)
+                g[key] = _coerce(key, value, g[key])
+        else:
+            if "=" not in arg:
+                fail(f"flags look like --key=value, got '{arg}'", 2)
+            key, raw = arg[2:].split("=", 1)
+            if key not in known:
+                _unknown(key, known)
+            try:
+                value = ast.literal_eval(raw)  # numbers, bools, tuples... never code
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                value = raw  # anything else is a string
+            if isinstance(g[key], str) and not isinstance(value, str):
+                value = raw  # text settings keep exactly what was typed: --start=[1, 2]
+            g[key] = _coerce(key, value, g[key])
+    return {k: g[k] for k in known}

@@ -1,0 +1,294 @@
+"""
+A GPT written from first principles, small enough to read in one sitting.
+
+    token ids (B, T) -> token + position embeddings -> n_layer x Block -> LayerNorm -> logits (B, T, V)
+    Block = x + attn(ln(x)), then x + mlp(ln(x))      (pre-LN, like GPT-2)
+
+Also here: generate() with a KV cache, and the checkpoint helpers every script uses.
+"""
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokenizer import CharTokenizer
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 64
+    block_size: int = 256     # the longest context the model sees (learned positions 0..block_size-1)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True         # biases in Linear and LayerNorm, like GPT-2
+    use_sdpa: bool = True     # True: fused F.scaled_dot_product_attention; False: the explicit math
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.use_sdpa = cfg.use_sdpa
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        # mask[i, j] = 1 where query i may look at key j (j <= i): the model never sees the future
+        mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
+        self.register_buffer("mask", mask.view(1, 1, cfg.block_size, cfg.block_size), persistent=False)
+        self.record = False  # set True to keep the attention weights in self.att (the app's heatmap)
+        self.att = None
+
+    def forward(self, x, cache=None):
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)  # (B, nh, Tk, hs)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        Tk = k.size(2)
+        # the T queries sit at positions Tk-T .. Tk-1, so they use those rows of the causal mask
+        mask = self.mask[:, :, Tk - T:Tk, :Tk]  # (1, 1, T, Tk)
+        p = self.dropout if self.training else 0.0
+        if self.use_sdpa and not self.record:
+            # one fused kernel (flash / memory-efficient where available), same math as below
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk) similarity scores
+            att = att.masked_fill(~mask, float("-inf"))  # causal: no peeking at later tokens
+            att = F.softmax(att, dim=-1)  # each row: how much query i takes from each key
+            if self.record:
+                self.att = att.detach()
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, nh, T, hs) weighted sum of values
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)  # tokens talk to each other
+        x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # position embeddings
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying: reading and writing tokens share a table
+        # GPT-2 init: N(0, 0.02), residual projections scaled down so the residual stream
+        # does not grow with depth
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        # position embeddings are counted; the tied lm_head is the same tensor as wte
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(self, idx, caches=None, pos0=0):
+        """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). Used by classification."""
+        B, T = idx.size()
+        if pos0 + T > self.config.block_size:
+            raise ValueError(f"sequence of {pos0 + T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(pos0, pos0 + T, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, None if caches is None else caches[i])
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, V); with targets (B, T), also the mean cross-entropy.
+        Targets equal to -100 (prompt, padding) are ignored by the loss."""
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+        return logits, loss
+
+    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
+        # decay the matrices (matmuls, embeddings); never biases or norm gains
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        extra = {"fused": True} if device_type == "cuda" else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+    @torch.no_grad()
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None,
+                        use_cache=True, generator=None):
+        """Yield new token ids, each a (B,) tensor, one at a time.
+
+        The context is a window idx[:, start:] of at most block_size tokens. When it is full it
+        slides forward by half a block (and the cache is refilled), so learned positions stay
+        valid and the cache is rebuilt only every block_size/2 tokens. Cached and uncached
+        generation use the same windows, so greedy outputs are identical."""
+        bs = self.config.block_size
+        start = max(0, idx.size(1) - bs)
+        caches = None
+        for _ in range(max_new_tokens):
+            if idx.size(1) - start > bs:  # window full: slide by half a block, drop the cache
+                start = idx.size(1) - bs // 2
+                caches = None
+            if not use_cache:  # recompute the whole window every step (what the cache saves)
+                h = self.hidden_states(idx[:, start:])
+            elif caches is None:  # fill the cache with the whole window
+                caches = [{} for _ in self.h]
+                h = self.hidden_states(idx[:, start:], caches)
+            else:  # only the newest token goes through the network
+                h = self.hidden_states(idx[:, -1:], caches, pos0=idx.size(1) - 1 - start)
+            logits = self.lm_head(h[:, -1, :]).float()  # (B, V) for the last position only
+            if temperature == 0:
+                next_id = torch.argmax(logits, dim=-1)  # greedy
+            else:
+                logits = logits / temperature
+                if top_k is not None and top_k > 0:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = float("-inf")  # keep only the k most likely
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            idx = torch.cat([idx, next_id[:, None]], dim=1)
+            yield next_id
+            if stop_token is not None and bool((next_id == stop_token).all()):
+                return
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, **kw):
+        """idx (B, T) -> (B, T + new) with the new tokens appended (see generate_stream)."""
+        new = list(self.generate_stream(idx, max_new_tokens, **kw))
+        return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
+
+
+def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
+    """Yield an instruction model's answer to prompt character by character, until <eos>."""
+    bs = model.config.block_size
+    ids, _ = tok.encode_instruction(prompt, max_len=max(bs // 2, bs - max_new_tokens))
+    idx = torch.tensor([ids], dtype=torch.long, device=model.wte.weight.device)  # (1, T)
+    for t in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                                   stop_token=tok.eos_id, generator=generator):
+        if t.item() == tok.eos_id:
+            return
+        yield tok.decode([t.item()])
+
+
+# ----------------------------------------------------------------------------------------
+# devices, precision and checkpoints: shared by every script
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but no CUDA GPU is available (use --device=cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' asked for, but no Apple GPU is available (use --device=cpu)")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device '{name}' (use auto, cpu, cuda or mps)")
+    return name
+
+
+def autocast(device, dtype):
+    """bf16/fp16 autocast where asked; 'auto' = bf16 on GPUs that support it, fp32 elsewhere."""
+    dev = device.split(":")[0]
+    if dtype == "auto":
+        dtype = "bfloat16" if dev == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype == "float32":
+        return nullcontext()
+    if dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+    return torch.autocast(device_type=dev, dtype=getattr(torch, dtype))
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or of the wrong kind (one clear message)."""
+
+
+KINDS = ("pretrain", "instr", "cls")
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    tmp = path + ".tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, kinds=KINDS):
+    """Load a checkpoint file (or out_dir/ckpt.pt) safely: tensors and plain types only."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path} (train one first, e.g. python train.py)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model", "vocab")):
+        raise CheckpointError(f"{path} is not a checkpoint of this kit (expected keys kind, model_args, model, vocab)")
+    if ckpt["kind"] not in kinds:
+        raise CheckpointError(f"{path} holds a '{ckpt['kind']}' model, but this needs: {' or '.join(kinds)}")
+    wte = ckpt["model"].get("wte.weight")
+    if wte is None or wte.size(0) != ckpt["model_args"].get("vocab_size") or wte.size(0) != len(ckpt["vocab"]):
+        raise CheckpointError(f"{path}: vocabulary size does not match the embedding table")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device="cpu"):
+    """Rebuild (model in eval mode, tokenizer) from a loaded checkpoint."""
+    try:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        # classification checkpoints also hold a head; keep only the GPT's own weights here
+        model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("head.")})
+    except (TypeError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint weights do not fit the model: {str(e).splitlines()[0]}")
+    return model.to(device).eval(), CharTokenizer(ckpt["vocab"])
+

@@ -1,0 +1,68 @@
+"""
+Text cleaning and the character tokenizer, shared by every script.
+
+The vocabulary is: the special tokens first (fixed ids 0..4), then every character seen
+when the vocabulary was built. Special tokens are only ever inserted by code
+(tok.instr_id, tok.eos_id, ...): encode() works character by character, so a user who
+types "<resp>" gets the seven characters '<', 'r', 'e', ... and never the special id.
+"""
+import unicodedata
+
+SPECIALS = ["<pad>", "<unk>", "<instr>", "<resp>", "<eos>"]
+PAD, UNK, INSTR, RESP, EOS = range(len(SPECIALS))
+
+
+def clean_text(text, lowercase=False):
+    """Unicode NFC, unified line endings, control characters dropped (newline and tab kept)."""
+    text = unicodedata.normalize("NFC", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # category Cc = control characters; Cf (format, e.g. zero-width joiners in emoji) is kept
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    return text.lower() if lowercase else text
+
+
+class CharTokenizer:
+    def __init__(self, vocab):
+        # vocab: list of strings, SPECIALS first, then single characters
+        if list(vocab[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError("vocabulary must start with the special tokens " + " ".join(SPECIALS))
+        self.vocab = list(vocab)
+        self.stoi = {ch: i for i, ch in enumerate(self.vocab) if i >= len(SPECIALS)}
+        self.pad_id, self.unk_id, self.instr_id, self.resp_id, self.eos_id = range(len(SPECIALS))
+
+    @classmethod
+    def from_texts(cls, texts):
+        chars = sorted(set("".join(texts)))
+        return cls(SPECIALS + chars)
+
+    def __len__(self):
+        return len(self.vocab)
+
+    def encode(self, text):
+        return [self.stoi.get(ch, self.unk_id) for ch in text]
+
+    def decode(self, ids, specials=False):
+        """ids -> text. Specials are dropped (<unk> shows as U+FFFD), or spelled out with specials=True."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i >= len(SPECIALS):
+                out.append(self.vocab[i])
+            elif specials:
+                out.append(SPECIALS[i])
+            elif i == UNK:
+                out.append("\ufffd")  # show that something unknown was here
+        return "".join(out)
+
+    def encode_instruction(self, prompt, response=None, max_len=None):
+        """<instr> prompt <resp> [response <eos>] as ids, with the special ids inserted here.
+        If it is longer than max_len, the prompt loses characters from its start (the end of a
+        prompt, where the question usually is, is kept). Returns (ids, characters cut)."""
+        p = self.encode(prompt)
+        r = [] if response is None else self.encode(response) + [self.eos_id]
+        cut = 0
+        if max_len is not None and len(p) + len(r) + 2 > max_len:
+            r = r[: max(0, max_len - 3)]  # only if the response alone is too long
+            cut = max(0, len(p) + len(r) + 2 - max_len)
+            p = p[cut:]
+        return [self.instr_id] + p + [self.resp_id] + r, cut

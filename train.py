@@ -1,0 +1,291 @@
+"""
+Pretrain the GPT on data/<dataset>/ (made by prepare.py). nanoGPT-style: flat globals below,
+overridden by config files and --key=value flags.
+
+    python train.py config/pretrain_char.py
+    python train.py config/pretrain_char.py --device=mps --max_iters=500
+    python train.py config/pretrain_char.py --init_from=resume          # continue a run
+    torchrun --standalone --nproc_per_node=2 train.py config/pretrain_char.py
+
+Checkpoints (atomic writes): out_dir/last.pt at every evaluation (what resume reads) and
+out_dir/ckpt.pt whenever the val loss improves (what sample.py and the finetunes read).
+out_dir/log.jsonl has one line per log/eval step for plots.
+"""
+import json
+import math
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import torch
+
+from configurator import configure, fail
+from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, pick_device, save_checkpoint
+
+# -----------------------------------------------------------------------------
+# I/O
+out_dir = "out"
+dataset = "es"
+data_root = "data"
+init_from = "scratch"  # 'scratch' or 'resume' (from out_dir)
+overwrite = False  # allow 'scratch' to replace a checkpoint already in out_dir
+eval_interval = 250
+eval_iters = 20
+log_interval = 10
+# model
+block_size = 256
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+bias = True
+use_sdpa = True
+# optimizer (AdamW) and schedule (linear warmup, then cosine down to min_lr)
+batch_size = 32
+gradient_accumulation_steps = 1
+learning_rate = 1e-3
+max_iters = 2000
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0
+warmup_iters = 100
+lr_decay_iters = 2000
+min_lr = 1e-4
+# system
+device = "auto"  # auto (cuda > mps > cpu), cpu, cuda, mps
+dtype = "auto"  # auto (bf16 on capable GPUs, fp32 elsewhere), float32, bfloat16, float16
+compile = False  # torch.compile the model
+seed = 1337
+max_seconds = 0.0  # stop (with a final eval + checkpoint) after this much training time; 0 = no limit
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+# distributed data parallel: torchrun sets RANK/WORLD_SIZE; each rank takes a share of the
+# gradient accumulation steps, so the global batch is the same as in a single process
+ddp = int(os.environ.get("RANK", -1)) != -1
+try:
+    device = pick_device(device)
+except ValueError as e:
+    fail(e)
+if ddp:
+    from torch.distributed import destroy_process_group, init_process_group
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    if gradient_accumulation_steps % world:
+        fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the {world} processes")
+    gradient_accumulation_steps //= world
+else:
+    rank, world = 0, 1
+master = rank == 0  # only rank 0 evaluates, writes checkpoints and logs
+device_type = device.split(":")[0]
+try:
+    ctx = autocast(device, dtype)
+except ValueError as e:
+    fail(e)
+
+# data ------------------------------------------------------------------------
+data_dir = os.path.join(data_root, dataset)
+if not os.path.isfile(os.path.join(data_dir, "meta.json")):
+    fail(f"no prepared data in {data_dir}/ (run: python prepare.py --dataset={dataset})")
+with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+vocab = meta["vocab"]
+train_data = np.memmap(os.path.join(data_dir, "train.bin"), dtype=np.uint16, mode="r")
+val_data = np.memmap(os.path.join(data_dir, "val.bin"), dtype=np.uint16, mode="r")
+if min(len(train_data), len(val_data)) <= block_size + 1:
+    fail(f"corpus too short for block_size={block_size}: train has {len(train_data)} tokens, "
+         f"val {len(val_data)}; use more text or a smaller --block_size")
+tokens_per_iter = gradient_accumulation_steps * world * batch_size * block_size
+
+
+def get_batch(data, gen):
+    """batch_size random windows of block_size+1 tokens: x is the window, y the same shifted by one."""
+    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    return x.to(device), y.to(device)  # (B, T), (B, T)
+
+
+# model -----------------------------------------------------------------------
+model_args = dict(vocab_size=len(vocab), block_size=block_size, n_layer=n_layer, n_head=n_head,
+                  n_embd=n_embd, dropout=dropout, bias=bias, use_sdpa=use_sdpa)
+ckpt_path, last_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "last.pt")
+iter_num, best_val_loss, history, resumed = 0, float("inf"), [], None
+if init_from == "scratch":
+    if master and os.path.exists(ckpt_path) and not overwrite:
+        fail(f"{ckpt_path} already exists; use --init_from=resume to continue it, "
+             f"--overwrite=True to replace it, or another --out_dir")
+elif init_from == "resume":
+    try:
+        resumed = load_checkpoint(last_path if os.path.exists(last_path) else ckpt_path, kinds=("pretrain",))
+    except CheckpointError as e:
+        fail(e)
+    if resumed["vocab"] != vocab:
+        fail(f"the checkpoint's vocabulary ({len(resumed['vocab'])} tokens) differs from {data_dir}'s "
+             f"({len(vocab)}); resume with the data it was trained on")
+    # the architecture comes from the checkpoint; dropout may be changed on resume
+    model_args = {**resumed["model_args"], "dropout": dropout}
+    iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
+    history = [h for h in resumed.get("history", []) if h["iter"] <= iter_num]
+else:
+    fail(f"init_from must be 'scratch' or 'resume', got '{init_from}'")
+
+torch.manual_seed(seed + rank)
+random.seed(seed + rank)
+np.random.seed(seed + rank)
+batch_gen = torch.Generator().manual_seed(seed + rank)  # the data order, saved for exact resume
+model = GPT(GPTConfig(**model_args))
+if resumed:
+    model.load_state_dict(resumed["model"])
+model.to(device)
+optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+if resumed:
+    optimizer.load_state_dict(resumed["optimizer"])
+    rng = resumed["rng"]
+    torch.set_rng_state(rng["torch"])
+    batch_gen.set_state(rng["batch"])
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    np.random.set_state(("MT19937", rng["numpy"][0].numpy().astype(np.uint32), *rng["numpy"][1:]))
+    if master:
+        print(f"resuming from iteration {iter_num} (best val loss {best_val_loss:.4f})")
+raw_model = model
+if compile:
+    model = torch.compile(model)
+if ddp:
+    model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
+if master:
+    print(f"{raw_model.num_params():,} parameters | {tokens_per_iter:,} tokens per iteration | device {device}")
+
+
+def get_lr(it):
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+@torch.no_grad()
+def estimate_loss():
+    """Mean loss on eval_iters batches per split. The batches are the same at every evaluation
+    (their own seeded generator), so successive val losses are directly comparable."""
+    out = {}
+    raw_model.eval()
+    for split, data in (("train", train_data), ("val", val_data)):
+        gen = torch.Generator().manual_seed(seed + 1)
+        losses = torch.zeros(eval_iters)
+        for k in range(eval_iters):
+            X, Y = get_batch(data, gen)
+            with ctx:
+                _, loss = raw_model(X, Y)
+            losses[k] = loss.item()
+        out[split] = losses.mean().item()
+    raw_model.train()
+    return out
+
+
+def write_log():
+    with open(os.path.join(out_dir, "log.jsonl.tmp"), "w") as f:
+        f.writelines(json.dumps(h) + "\n" for h in history)
+    os.replace(os.path.join(out_dir, "log.jsonl.tmp"), os.path.join(out_dir, "log.jsonl"))
+
+
+def save(path):
+    np_state = np.random.get_state()
+    save_checkpoint({
+        "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), "vocab": vocab,
+        "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
+        "optimizer": optimizer.state_dict(),
+        # every random source, so a resumed run continues exactly like an uninterrupted one
+        "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state(), "python": random.getstate(),
+                "numpy": (torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])},
+    }, path)
+
+
+# a Ctrl-C or kill (SIGTERM) asks the loop to stop at the end of the current iteration,
+# save last.pt and exit cleanly
+stop_signal = None
+
+
+def on_signal(signum, frame):
+    global stop_signal
+    stop_signal = signum
+
+
+signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGTERM, on_signal)
+
+# training loop ---------------------------------------------------------------
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+X, Y = get_batch(train_data, batch_gen)
+t_start, t0 = time.time(), 0.0
+start_iter = iter_num
+train_time = 0.0  # seconds spent training, without evaluations (for max_seconds)
+while True:
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop_signal
+    if master and ((iter_num % eval_interval == 0 and iter_num != start_iter) or last_step):
+        losses = estimate_loss()
+        print(f"eval {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f} nats/token "
+              f"({losses['val'] / math.log(2):.3f} bits/char)")
+        history.append({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                        "elapsed_s": round(time.time() - t_start, 2)})
+        improved = losses["val"] < best_val_loss
+        best_val_loss = min(best_val_loss, losses["val"])
+        if improved:
+            save(ckpt_path)
+        save(last_path)
+        write_log()
+    if last_step:
+        break
+
+    # forward/backward over gradient_accumulation_steps micro-batches, then one update
+    tstep = time.time()
+    for micro_step in range(gradient_accumulation_steps):
+        if ddp:  # only sync gradients across ranks on the last micro-step
+            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with ctx:
+            _, loss = model(X, Y)
+            loss = loss / gradient_accumulation_steps
+        X, Y = get_batch(train_data, batch_gen)  # fetch the next batch while this one is fresh
+        loss.backward()
+    if not torch.isfinite(loss):
+        fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
+             f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
+    if grad_clip > 0.0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    train_time += time.time() - tstep
+    iter_num += 1
+
+    if master and iter_num % log_interval == 0:
+        dt = (train_time - t0) / log_interval  # training time only, evaluations excluded
+        t0 = train_time
+        lossf = loss.item() * gradient_accumulation_steps
+        tok_s = tokens_per_iter / dt
+        eta = (max_iters - iter_num) * train_time / max(1, iter_num - start_iter)
+        print(f"iter {iter_num}/{max_iters} | loss {lossf:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+              f"{dt * 1000:.0f} ms/iter | ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+        history.append({"iter": iter_num, "loss": lossf, "lr": lr, "tokens_per_s": round(tok_s)})
+        write_log()
+
+if master:
+    print(f"done: best val loss {best_val_loss:.4f} nats/token ({best_val_loss / math.log(2):.3f} bits/char), "
+          f"{time.time() - t_start:.1f}s -> {ckpt_path}")
+if ddp:
+    destroy_process_group()
+if stop_signal:
+    raise SystemExit(130 if stop_signal == signal.SIGINT else 143)
