@@ -15,13 +15,12 @@ import glob
 import hashlib
 import json
 import os
-import string
 import urllib.request
 
 import numpy as np
 
 from configurator import configure, fail
-from tokenizer import CharTokenizer, clean_text
+from tokenizer import BASE_CHARS, CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
 dataset = "es"  # output folder data/<dataset>/; also picks the default source
@@ -35,7 +34,6 @@ config = configure(globals())
 
 SHIPPED_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "es", "corpus")
 TASK_FILES = ["data/es/instructions/*.jsonl", "data/es/sentiment/*.tsv"]
-BASE_CHARS = string.printable[:95] + "\n\táéíóúüñÁÉÍÓÚÜÑ¿¡«»—–…“”‘’°"
 DOWNLOADS = {  # name -> (url, size in bytes, sha256)
     "shakespeare_char": (
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",

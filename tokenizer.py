@@ -10,6 +10,9 @@ import unicodedata
 
 SPECIALS = ["<pad>", "<unk>", "<instr>", "<resp>", "<eos>"]
 PAD, UNK, INSTR, RESP, EOS = range(len(SPECIALS))
+# always in the vocabulary, so everyday text in any new prompt has a trained-able id:
+# printable ASCII plus Spanish letters and punctuation
+BASE_CHARS = "".join(chr(c) for c in range(32, 127)) + "\n\táéíóúüñÁÉÍÓÚÜÑ¿¡«»—–…“”‘’°"
 
 
 def clean_text(text, lowercase=False):

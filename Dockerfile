@@ -1,0 +1,43 @@
+# The chat app (app.py) in a container: CPU-only PyTorch, a non-root user, port 8501.
+#
+#   docker build -t llmfs-app .
+#   docker run --rm -p 8501:8501 -v "$PWD/out-instr:/app/out-instr:ro" llmfs-app   # a model you trained
+#
+#   docker build --build-arg TRAIN_DEMO=1 -t llmfs-app:demo .    # trains the demo model while building
+#   docker run --rm -p 8501:8501 llmfs-app:demo
+#
+# then open http://localhost:8501
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN groupadd --gid 1000 app \
+    && useradd --create-home --uid 1000 --gid 1000 --shell /usr/sbin/nologin app \
+    && install -d -o 1000 -g 1000 /app
+WORKDIR /app
+
+# torch from the CPU-only wheel index first (the default wheel brings CUDA: gigabytes), then the rest of
+# requirements.txt, whose torch==2.13.0 pin that wheel already satisfies
+COPY requirements.txt .
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install --no-cache-dir -r requirements.txt
+
+COPY --chown=1000:1000 . .
+USER 1000:1000
+
+# TRAIN_DEMO=1: prepare the data and train the demo models inside the image (minutes on CPU);
+# otherwise mount a trained out-instr/ at run time (see the top of this file)
+ARG TRAIN_DEMO=0
+RUN if [ "$TRAIN_DEMO" = "1" ]; then \
+        python prepare.py \
+        && python train.py config/pretrain_char.py \
+        && python finetune_instr.py config/finetune_instr.py; \
+    fi
+
+EXPOSE 8501
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://localhost:8501/_stcore/health', timeout=4).status == 200 else 1)"]
+CMD ["streamlit", "run", "app.py", "--server.address=0.0.0.0", "--server.port=8501", "--server.headless=true", "--browser.gatherUsageStats=false"]

@@ -1,0 +1,31 @@
+# make demo: venv -> prepare -> pretrain -> instruction finetune (+ evaluation) -> classification -> answers
+# make test: the whole test suite (CPU, a few minutes)
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+
+.PHONY: demo test app clean venv
+
+.venv/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv .venv
+	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: .venv/.installed
+
+demo: .venv/.installed
+	$(PY) prepare.py
+	$(PY) train.py config/pretrain_char.py --overwrite=True
+	$(PY) sample.py --start="El perro es" --max_new_tokens=300
+	$(PY) finetune_instr.py config/finetune_instr.py --overwrite=True
+	$(PY) finetune_cls.py config/finetune_cls.py --overwrite=True
+	@for q in "¿Los perros son caninos?" "¿Los gatos son felinos?" "¿Cuál es la capital de Costa Rica?"; do \
+		echo "> $$q"; $(PY) sample.py --out_dir=out-instr --prompt="$$q"; done
+
+test: .venv/.installed
+	$(PY) -m pytest -q tests
+
+app: .venv/.installed
+	.venv/bin/streamlit run app.py --server.address=127.0.0.1
+
+clean:
+	rm -rf out out-* data/es/*.bin data/es/meta.json data/shakespeare_char .pytest_cache test-artifacts

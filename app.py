@@ -1,0 +1,728 @@
+"""
+A chat app over the trained instruction model: one file, Streamlit.
+
+    streamlit run app.py                        # then open http://localhost:8501
+    python app.py --faq-eval data/es/instructions/test.jsonl    # measure the FAQ matcher
+
+The sidebar picks the checkpoint (any out*/ folder next to this file whose ckpt.pt is an
+instruction model; LLMFS_OUT_ROOT points the scan elsewhere) and the sampling settings.
+Each answer says where it came from: "FAQ" (a fixed answer, matched by rules below, before
+the model is asked) or "modelo" (generated character by character). "Mirar dentro" shows
+the attention of the last answer, the next-token probabilities and the training loss curve.
+
+`import app` starts no UI: the pure parts (FAQ matcher, checkpoint scan) are plain functions;
+the UI is main(), which runs only when Streamlit executes this script.
+"""
+import copy
+import difflib
+import glob
+import json
+import math
+import os
+import re
+import sys
+import threading
+import time
+import unicodedata
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+MAX_PROMPT_CHARS = 500
+
+# -----------------------------------------------------------------------------------------
+# FAQ: three fixed answers, identical to the dataset's responses
+FAQ = {
+    "fact:perro": "Los perros son caninos: pertenecen a la familia de los cánidos (Canidae).",
+    "fact:gato": "Los gatos son felinos: pertenecen a la familia de los félidos (Felidae).",
+    "fact:capital": "La capital de Costa Rica es San José.",
+}
+
+
+def normalize(text):
+    """Lowercase, accents stripped (ñ kept), punctuation removed, whitespace collapsed."""
+    text = unicodedata.normalize("NFC", text).lower().replace("ñ", "\0")
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    text = unicodedata.normalize("NFC", text).replace("\0", "ñ")
+    text = text.replace("=", " = ")  # "perros = caninos" keeps its copula
+    text = "".join(c if c.isalnum() or c in " =" else " " for c in text)
+    return " ".join(text.split())
+
+
+def _forms(*words):
+    """Each word with its plural (and feminine for -o words): perro -> perro perros perra perras."""
+    out = set()
+    for w in words:
+        out.add(w)
+        out.add(w + ("es" if w[-1] not in "aeiou" else "s"))
+        if w.endswith("o"):
+            out.update({w[:-1] + "a", w[:-1] + "as"})
+    return out
+
+
+# what is asked about
+DOG = _forms("perro", "perrito", "can", "cachorro")
+CAT = _forms("gato", "gatito", "minino", "michi", "gatico")
+CANINE = _forms("canino", "canido") | {"canidae"}
+FELINE = _forms("felino", "felido") | {"felidae"}
+COUNTRY = {"costarica", "costarrica", "cr", "tiquicia"} | _forms("tico", "costarricense")
+CAPITAL = {"capital"}
+SEAT = {"poderes", "sede"}  # and gobiern*: "¿en qué ciudad está el gobierno de Costa Rica?"
+# other entities: an animal of the same families, another country or place
+OTHER_ANIMALS = _forms("lobo", "zorro", "coyote", "chacal", "dingo", "hiena", "tigre", "leon", "jaguar",
+                       "puma", "guepardo", "lince", "leopardo", "pantera", "ocelote", "oso", "vaca", "caballo",
+                       "raton", "conejo", "pajaro", "pez", "delfin", "mapache", "zorrillo", "gallina")
+OTHER_PLACES = {"panama", "nicaragua", "honduras", "guatemala", "salvador", "belice", "mexico", "cuba",
+                "colombia", "venezuela", "ecuador", "peru", "bolivia", "chile", "argentina", "uruguay",
+                "paraguay", "brasil", "españa", "francia", "italia", "portugal", "alemania", "eeuu", "usa",
+                "dominicana", "haiti", "jamaica", "canada", "california", "marfil"} | _forms("provincia", "canton")
+# "capital de X": X must be Costa Rica (or "el país", "la república" ... of it)
+CAPITAL_OF_OK = {"pais", "republica", "estado", "nacion"}
+# other intents: quantity, time, cause, who, food, age, body, people, history, weather, language, ...
+OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", "quien", "quienes", "comer",
+                  "come", "comen", "comida", "alimento", "raza", "razas", "edad", "años", "vive", "viven",
+                  "vivir", "vida", "vidas", "pesa", "peso", "mide", "tamaño", "diente", "dientes",
+                  "colmillo", "colmillos", "color", "colores", "pelo", "cola", "habitantes", "poblacion",
+                  "fundo", "fundada", "fundacion", "antigua", "antiguo", "anterior", "antes", "fue",
+                  "historia", "clima", "tiempo", "temperatura", "moneda", "visitar", "vuelo", "hotel",
+                  "veterinario", "receta", "traduce", "traducir", "ingles", "frances", "aleman", "italiano",
+                  "portugues", "japones", "significa", "significado", "palabra", "mas", "menos", "mejor",
+                  "peor", "enfermedad", "vacuna", "vacunas", "cuidar", "cuido", "adoptar", "comprar",
+                  "cuesta", "precio", "nombre", "llama", "llaman", "sueño", "soñar",
+                  # a qualified capital is another question: "capital cultural", "capital mundial del café"
+                  "cultural", "economica", "financiera", "turistica", "mundial", "gastronomica",
+                  "historica", "colonial", "provincial"})
+# "nombre"/"llama" ask for a name: allowed when the name asked is the capital's or the family's
+NAMING = {"nombre", "llama"}
+# verbs that state a class: "los perros SON caninos", "el gato PERTENECE a los félidos"
+COPULA = {"es", "son", "ser", "sea", "sean", "era", "=", "pertenece", "pertenecen", "entra", "entran",
+          "forma", "forman", "considera", "consideran", "considerado", "considerados", "cuenta", "cuentan"}
+# words that may stand between the copula and the class: "es UN ANIMAL canino", "son DE LA FAMILIA de los cánidos"
+BRIDGE = {"un", "una", "el", "la", "los", "las", "de", "del", "a", "al", "en", "animal", "animales",
+          "mamifero", "mamiferos", "parte", "familia", "categoria", "grupo", "clase", "tipo", "especie",
+          "realmente", "tambien", "o", "no", "si", "solo", "verdaderamente", "como", "miembro", "miembros"}
+# a telegraphic question holds nothing but these, the subject and the class: "perro?? canino??"
+FILLER = BRIDGE | {"y", "que", "verdad", "cierto", "acaso", "o", "es", "son", "=", "felino", "canino"}
+# after "qué es un perro" only these (and biolog*/zoolog*/taxonom* words) may follow: a "perro guía"
+# is another question
+DEFINITION_TAIL = {"domestico", "domesticos", "domestica", "hablando", "en", "terminos", "desde", "el",
+                   "punto", "de", "vista", "la", "por", "favor", "exactamente", "realmente", "para", "ti",
+                   "usted", "cientificamente", "cientifico", "ciencia"}
+# real words one edit away from a keyword: never read them as typos
+NOT_TYPOS = {"camino", "caminos", "capitan", "capitel", "capitulo", "capitales", "perla", "perlas", "perno",
+             "pernos", "cerro", "cerros", "gaita", "gatillo", "costar", "costas", "rico", "ricos"}
+ALIASES = [(r"\bc\s+rica\b", "costarica"), (r"\bpor\s+que\b", "porque"),  # idioms that are not intents
+           (r"\ben cuanto a\b", "sobre"), (r"\ben (pocas|breves|dos) palabras\b", "breve"),
+           (r"\bcomo se dice\b", "traducir")]
+# whole-question similarity (difflib): canonical phrasings per fact
+CANON = {
+    "fact:perro": ["a que familia pertenece el perro", "que tipo de animal es el perro", "los perros son caninos"],
+    "fact:gato": ["a que familia pertenece el gato", "que tipo de animal es el gato", "los gatos son felinos"],
+    "fact:capital": ["cual es la capital de costa rica", "capital de costa rica"],
+}
+
+
+def _one_edit(a, b):
+    """True if a and b differ by at most one insertion, deletion, substitution or adjacent swap."""
+    if a == b:
+        return True
+    la, lb = len(a), len(b)
+    if abs(la - lb) > 1:
+        return False
+    if la == lb:
+        diff = [i for i in range(la) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+    if la > lb:
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i:] == b[i + 1:]
+
+
+def _in(token, lexicon):
+    """Token in the lexicon, or a typo of one of its words (one edit, words of 5+ letters)."""
+    if token in lexicon:
+        return True
+    if len(token) < 5 or token in NOT_TYPOS:
+        return False
+    return any(len(w) >= 5 and _one_edit(token, w) for w in lexicon)
+
+
+def _tokens(prompt):
+    text = normalize(prompt)
+    for pat, rep in ALIASES:
+        text = re.sub(pat, rep, text)
+    toks = text.split()
+    out = []
+    for t in toks:  # "costa rica", "costa rca", "cota rica" -> one token
+        if out and _one_edit(out[-1] + t, "costarica"):
+            out[-1] = "costarica"
+        else:
+            out.append(t)
+    return out
+
+
+def _states_class(toks, subject, klass):
+    """A copula followed (within a few bridge words) by a class word: 'los perros son (unos) caninos'."""
+    for i, t in enumerate(toks):
+        if t in COPULA:
+            for u in toks[i + 1:i + 7]:
+                if _in(u, klass):
+                    return True
+                if u not in BRIDGE and not _in(u, subject):
+                    break
+    return False
+
+
+def _animal_fact(toks, subject, other_subject):
+    """Rules for 'what kind of animal is X': subject + a class question or a class statement."""
+    if not any(_in(t, subject) for t in toks) or any(_in(t, other_subject) for t in toks):
+        return None  # not about this animal, or about both dogs and cats
+    text = " ".join(toks)
+    klass = CANINE | FELINE
+    if any(_in(t, klass) for t in toks):
+        # "¿los perros son felinos?", "perro: canino o felino?" (the FAQ answer corrects it)
+        if _states_class(toks, subject, klass):
+            return "afirma una clase"
+        if all(t in FILLER or _in(t, subject) or _in(t, klass) for t in toks):
+            return "clase, en telegrama"
+    for i, t in enumerate(toks):  # "familia" (not "mi familia"), "clasifica", "taxonomía"
+        if _in(t, {"familia"}) and (i == 0 or toks[i - 1] not in {"mi", "mis", "tu", "tus", "nuestra", "nuestro"}):
+            return "pregunta por la familia"
+        if t.startswith(("clasific", "taxonom")):  # any form: clasifican, clasificarías, taxonómica
+            return "pregunta por la familia"
+    if re.search(r"\b(tipo|clase|grupo)\s+(de\s+)?(animal|animales|mamifero|mamiferos|ser vivo|zoologico)\b", text) \
+            or re.search(r"\bque\s+(tipo|clase|grupo|animal)\s+(es|son)\b", text):
+        return "pregunta qué animal es"
+    if re.search(r"\bpertenece(n)?\b", text):
+        return "pregunta a qué pertenece"
+    m = re.search(r"\bque\s+(es|son)\s+(un|una|el|la|los|las)?\s*(\w+)\s*(.*)$", text)
+    if m and _in(m.group(3), subject) and all(w in DEFINITION_TAIL or w.startswith(("biolog", "zoolog", "taxonom"))
+                                                for w in m.group(4).split()):
+        return "pregunta qué es"
+    return None
+
+
+def _capital_fact(toks):
+    if not any(_in(t, COUNTRY) for t in toks):
+        return None
+    text = " ".join(toks)
+    if any(_in(t, CAPITAL) for t in toks):
+        for m in re.finditer(r"\bcapital\s+(?:de|del)\s+(?:(?:la|el|los|las)\s+)?(\w+)", text):
+            if not (_in(m.group(1), COUNTRY) or m.group(1) in CAPITAL_OF_OK):
+                return None  # the capital of something else: "capital de la provincia de ..."
+        return "capital de Costa Rica"
+    if any(t in SEAT or t.startswith("gobiern") for t in toks) and re.search(r"\b(ciudad|donde|urbe)\b", text):
+        return "sede del gobierno"
+    return None
+
+
+def match_faq(prompt):
+    """The FAQ key ('fact:perro', 'fact:gato', 'fact:capital') that answers prompt, or None.
+
+    A match needs a subject (perro / gato / Costa Rica) AND a matching intent (a class or family
+    question, or 'capital of'), and no sign of another question: another intent word (how many,
+    when, why, eat, age, ...), another animal, another country or place, or both dogs and cats."""
+    key, why = match_faq_explain(prompt)
+    return key
+
+
+def match_faq_explain(prompt):
+    """(key or None, the rule that decided) — match_faq with its reason, for the eval CLI."""
+    toks = _tokens(prompt)
+    if not toks or len(toks) > 40:
+        return None, "vacía o demasiado larga"
+    hits = {}
+    capital = _capital_fact(toks)
+    if capital:
+        hits["fact:capital"] = capital
+    for key, subject, other in (("fact:perro", DOG, CAT), ("fact:gato", CAT, DOG)):
+        why = _animal_fact(toks, subject, other)
+        if why:
+            hits[key] = why
+    if not hits:  # whole-question similarity for what the keyword rules missed
+        text = " ".join(toks)
+        for key, canon in CANON.items():
+            subject_ok = any(_in(t, {"fact:perro": DOG, "fact:gato": CAT, "fact:capital": COUNTRY}[key])
+                             for t in toks)
+            if subject_ok and max(difflib.SequenceMatcher(None, text, c).ratio() for c in canon) >= 0.8:
+                hits[key] = "parecida a una pregunta modelo"
+    if len(hits) != 1:
+        return None, "ninguna regla" if not hits else "ambigua: " + ", ".join(sorted(hits))
+    (key, why), = hits.items()
+    blockers = OTHER_INTENTS
+    if key == "fact:capital" or re.search(r"\b(nombre|llama)\s+(\w+\s+){0,2}(familia|grupo|clase)\b", " ".join(toks)):
+        blockers = OTHER_INTENTS - NAMING  # "¿cómo se llama la familia del perro?" asks for the family
+    stop = [t for t in toks if t in blockers or (t.endswith("s") and t[:-1] in blockers)]
+    stop += [t for t in toks if t in OTHER_PLACES or t in OTHER_ANIMALS]
+    if stop:
+        return None, f"{key} ({why}) rechazada por: {' '.join(stop)}"
+    return key, why
+
+
+def faq_eval(path, verbose=False):
+    """Recall per fact and false matches on the other kinds, for a jsonl with prompt/kind fields."""
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    stats = {}
+    misses, false = [], []
+    for r in rows:
+        got = match_faq(r["prompt"])
+        s = stats.setdefault(r["kind"], {"n": 0, "hit": 0, "matched": 0})
+        s["n"] += 1
+        s["matched"] += got is not None
+        if r["kind"] in FAQ:
+            s["hit"] += got == r["kind"]
+            if got != r["kind"]:
+                misses.append(r)
+        elif got is not None:
+            false.append((r, got))
+    if verbose:
+        for r in misses:
+            print(f"  miss  [{r['kind']}] {r['prompt']}  -> {match_faq_explain(r['prompt'])[1]}")
+        for r, got in false:
+            print(f"  FALSE [{r['kind']}] {r['prompt']}  -> {got}")
+    return stats, misses, false
+
+
+def _faq_cli(argv):
+    paths = [a for a in argv if not a.startswith("-")]
+    if not paths:
+        print("usage: python app.py --faq-eval FILE.jsonl [FILE.jsonl ...] [-v]", file=sys.stderr)
+        return 2
+    bad = 0
+    for path in paths:
+        try:
+            stats, misses, false = faq_eval(path, verbose="-v" in argv)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"error: cannot read {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        print(path)
+        for kind in sorted(stats):
+            s = stats[kind]
+            if kind in FAQ:
+                print(f"  {kind:13s} recall {s['hit']}/{s['n']} = {s['hit'] / s['n']:.1%}")
+            else:
+                print(f"  {kind:13s} false matches {s['matched']}/{s['n']}")
+        bad += len(false)
+    return 1 if bad else 0
+
+
+# -----------------------------------------------------------------------------------------
+# checkpoints: every out*/ckpt.pt of kind 'instr' under LLMFS_OUT_ROOT (default: next to app.py)
+AVATARS = {"user": ":material/person:", "assistant": ":material/smart_toy:"}
+TRAIN_COMMANDS = ["python prepare.py", "python train.py config/pretrain_char.py",
+                  "python finetune_instr.py config/finetune_instr.py"]
+_KIND_CACHE = {}
+
+
+def out_root():
+    return os.path.abspath(os.environ.get("LLMFS_OUT_ROOT") or ROOT)
+
+
+def checkpoint_kind(path):
+    """The 'kind' of a checkpoint file, or None if it is not a readable kit checkpoint (cached)."""
+    try:
+        st_ = os.stat(path)
+    except OSError:
+        return None
+    key = (path, st_.st_mtime_ns, st_.st_size)
+    if key not in _KIND_CACHE:
+        import torch
+        try:  # mmap: only the small header is read, not every tensor
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            _KIND_CACHE[key] = ck.get("kind") if isinstance(ck, dict) else None
+        except Exception:
+            _KIND_CACHE[key] = None
+    return _KIND_CACHE[key]
+
+
+def find_checkpoints(root=None):
+    """([(name, path)] of instruction checkpoints, [(name, why)] of out*/ folders skipped)."""
+    root = root or out_root()
+    found, skipped = [], []
+    for d in sorted(glob.glob(os.path.join(root, "out*"))):
+        if not os.path.isdir(d):
+            continue
+        name, path = os.path.basename(d), os.path.join(d, "ckpt.pt")
+        if not os.path.isfile(path):
+            continue
+        kind = checkpoint_kind(path)
+        if kind == "instr":
+            found.append((name, path))
+        else:
+            skipped.append((name, f"modelo '{kind}'" if kind else "no se puede leer"))
+    found.sort(key=lambda x: (x[0] != "out-instr", x[0]))  # out-instr first: the default
+    return found, skipped
+
+
+# -----------------------------------------------------------------------------------------
+# model helpers (torch is imported only when they run)
+
+
+def escape_md(text):
+    """Model or user text shown literally by st.markdown (no markup, no HTML, no emoji codes)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~:])", r"\\\1", text).replace("\n", "  \n")
+
+
+def token_label(tok, i):
+    """How one token id is shown on a chart axis."""
+    i = int(i)
+    if i < 5:
+        return tok.decode([i], specials=True)
+    ch = tok.vocab[i]
+    return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(ch, ch)
+
+
+def inspect_sequence(model, ids):
+    """One forward pass over ids with attention recording on: (att (L, nh, T, T), probs (T, V)).
+    model must be a private copy (its attention modules keep their weights in .att)."""
+    import torch
+    bs = model.config.block_size
+    ids = list(ids)[-bs:]
+    for block in model.h:
+        block.attn.record = True
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids], dtype=torch.long, device=model.wte.weight.device))
+    att = torch.stack([block.attn.att[0] for block in model.h]).float().cpu().numpy()
+    probs = torch.softmax(logits[0].float(), dim=-1).cpu().numpy()
+    for block in model.h:
+        block.attn.att = None
+    return att, probs
+
+
+LOSS_COLORS = {"preentrenamiento · lote": "#cfe3e0", "preentrenamiento · train": "#88c7be",
+               "preentrenamiento · val": "#1b7f74", "ajuste · lote": "#c9c3bf", "ajuste · train": "#4c78a8",
+               "ajuste · val": "#e45756"}
+
+
+def loss_history_frame(ckpt_meta):
+    """Long-form rows (paso, pérdida, serie) from history and pretrain_history; fine-tuning steps
+    continue after the last pretraining step. Returns (rows, step where fine-tuning starts)."""
+    names = {"loss": "lote", "train_loss": "train", "val_loss": "val"}
+    rows, offset = [], None
+    pre = [h for h in (ckpt_meta.get("pretrain_history") or []) if isinstance(h, dict) and "iter" in h]
+    fine = [h for h in (ckpt_meta.get("history") or []) if isinstance(h, dict) and "iter" in h]
+    for phase, hist, shift in (("preentrenamiento", pre, 0), ("ajuste", fine, None)):
+        if shift is None:
+            shift = (max(h["iter"] for h in pre) if pre else 0)
+            offset = shift if pre and fine else None
+        for h in hist:
+            for k, label in names.items():
+                v = h.get(k)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    rows.append({"paso": h["iter"] + shift, "pérdida": float(v), "serie": f"{phase} · {label}"})
+    return rows, offset
+
+
+# -----------------------------------------------------------------------------------------
+# the UI
+
+
+def main():
+    import altair as alt
+    import pandas as pd
+    import streamlit as st
+
+    from model import CheckpointError, answer_stream, load_checkpoint, model_from_checkpoint, pick_device
+    from tokenizer import clean_text
+
+    st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")
+    st.markdown("""<style>
+        div[data-testid="stChatMessage"] p { font-size: 1.05rem; }
+        </style>""", unsafe_allow_html=True)
+
+    @st.cache_resource(show_spinner="Cargando el modelo…", max_entries=4)
+    def load_model(path, mtime_ns):  # once per checkpoint file version, shared by all sessions
+        ckpt = load_checkpoint(path, kinds=("instr",))
+        device = pick_device(os.environ.get("LLMFS_DEVICE", "auto"))
+        model, tok = model_from_checkpoint(ckpt, device)
+        spy = copy.deepcopy(model)  # a private copy for "Mirar dentro": its attention keeps weights
+        meta = {k: v for k, v in ckpt.items() if k != "model"}
+        meta["n_params"] = model.num_params()
+        meta["device"] = device
+        return {"model": model, "spy": spy, "tok": tok, "meta": meta, "lock": threading.Lock()}
+
+    @st.cache_data(show_spinner=False, max_entries=32)
+    def look_inside(path, mtime_ns, ids):  # cached per answer (its token ids)
+        res = load_model(path, mtime_ns)
+        with res["lock"]:  # the private copy is shared by every session of this checkpoint
+            return inspect_sequence(res["spy"], ids)
+
+    def no_checkpoint_page(root, skipped, error=None):
+        st.title(":material/forum: LLM desde cero")
+        if error:
+            st.error(f"No se pudo cargar el modelo: {error}")
+        else:
+            st.warning(f"No encontré ningún modelo de instrucciones en `{root}` "
+                       "(una carpeta `out*/` con un `ckpt.pt` de tipo *instr*).")
+        st.markdown("Entrena uno con estos tres pasos (desde la raíz del repositorio) y recarga la página:")
+        st.code("\n".join(TRAIN_COMMANDS), language="bash")
+        st.caption("Con `LLMFS_OUT_ROOT=/otra/carpeta` la app busca los `out*/` en otra parte. "
+                   "En Docker: `--build-arg TRAIN_DEMO=1` o monta `out-instr` como volumen.")
+        if skipped:
+            st.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
+        st.stop()
+
+    # ---- checkpoint choice
+    root = out_root()
+    found, skipped = find_checkpoints(root)
+    if not found:
+        no_checkpoint_page(root, skipped)
+    names = [n for n, _ in found]
+    paths = dict(found)
+    sb = st.sidebar
+    sb.header(":material/tune: Ajustes")
+    choice = sb.selectbox("Modelo (checkpoint)", names, key="ckpt",
+                          help="Carpetas `out*/` con un checkpoint de instrucciones (finetune_instr.py).")
+    path = paths[choice]
+    mtime = os.stat(path).st_mtime_ns
+    try:
+        res = load_model(path, mtime)
+    except (CheckpointError, ValueError) as e:
+        no_checkpoint_page(root, skipped, error=str(e))
+    model, tok, meta = res["model"], res["tok"], res["meta"]
+    cfg = model.config
+    sb.caption(f"{meta['n_params'] / 1e6:.2f} M parámetros · {cfg.n_layer} capas · {cfg.n_head} cabezas · "
+               f"{cfg.n_embd} dims · contexto {cfg.block_size} · {len(tok)} tokens · "
+               f"iter {meta.get('iter_num', '?')}"
+               f" · {meta['device']}")
+    max_new = sb.slider("Máx. tokens nuevos", 8, 512, 128, step=8, key="max_new_tokens",
+                        help="Cada token es un carácter. La respuesta termina antes si el modelo escribe <eos>.")
+    temperature = sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
+                            help="0 = codicioso: siempre el carácter más probable (respuesta determinista).")
+    top_k = sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
+                      help="Con temperatura > 0: muestrea solo entre los k caracteres más probables (0 = todos).")
+    use_faq = sb.toggle("Respuestas fijas (FAQ) primero", value=True, key="faq",
+                        help="Las tres preguntas del conjunto (perros, gatos, capital de Costa Rica) se "
+                             "responden con el texto fijo del dataset, sin el modelo.")
+    show_raw = sb.toggle("Mostrar traza cruda", value=False, key="raw",
+                         help="El texto completo que ve el modelo: <instr>pregunta<resp>respuesta<eos>.")
+    if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
+        st.session_state.messages = []
+    if skipped:
+        sb.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
+
+    msgs = st.session_state.setdefault("messages", [])
+
+    st.title(":material/forum: LLM desde cero")
+    st.caption(f"Un GPT de caracteres entrenado con este kit (`{choice}`). Sabe tres cosas: "
+               "de qué familia son los perros y los gatos, y la capital de Costa Rica; lo demás, "
+               "*No lo sé*.")
+
+    # ---- presets
+    presets = ["¿A qué familia pertenece el perro?", "¿Qué tipo de animal es el gato?",
+               "¿Cuál es la capital de Costa Rica?"]
+    pending = None
+    cols = st.columns(len(presets))
+    for i, (col, q) in enumerate(zip(cols, presets)):
+        if col.button(q, key=f"preset_{i}", width="stretch"):
+            pending = q
+
+    # ---- history
+    last_model = max((i for i, m in enumerate(msgs) if m.get("source") == "modelo"), default=None)
+    for i, m in enumerate(msgs):
+        with st.chat_message(m["role"], avatar=AVATARS[m["role"]]):
+            if m["role"] == "user":
+                st.markdown(escape_md(m["content"]))
+                continue
+            render_answer(st, m, show_raw)
+            if i == last_model:
+                render_inside(st, alt, pd, m, look_inside, load_model)
+
+    typed = st.chat_input("Escribe tu pregunta…", key="chat")
+    prompt = typed if typed is not None else pending
+    if prompt is None:
+        return
+    prompt = clean_text(prompt).strip()
+    if not prompt:
+        return
+    if len(prompt) > MAX_PROMPT_CHARS:
+        msgs.append({"role": "assistant", "source": "aviso",
+                     "content": f"Tu mensaje tiene {len(prompt)} caracteres y el máximo es {MAX_PROMPT_CHARS}. "
+                                "Acórtalo (la pregunta suele caber en una línea) y vuelve a enviarlo."})
+        st.rerun()
+    msgs.append({"role": "user", "content": prompt})
+    with st.chat_message("user", avatar=AVATARS["user"]):
+        st.markdown(escape_md(prompt))
+    with st.chat_message("assistant", avatar=AVATARS["assistant"]):
+        try:
+            reply = answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temperature, top_k,
+                           answer_stream)
+        except BaseException:  # Streamlit stopped this run mid-answer (a new question, the stop button)
+            msgs.append({"role": "assistant", "source": "aviso", "content": "Respuesta interrumpida."})
+            raise
+    msgs.append(reply)
+    st.rerun()
+
+
+def answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temperature, top_k, answer_stream):
+    """Answer one prompt inside the current chat message; returns the message dict for the history."""
+    t0 = time.perf_counter()
+    if use_faq:
+        key, why = match_faq_explain(prompt)
+        if key:
+            st.markdown(escape_md(FAQ[key]))
+            return {"role": "assistant", "source": "FAQ", "content": FAQ[key], "rule": why,
+                    "latency": time.perf_counter() - t0, "tokens": 0}
+    bs = model.config.block_size
+    # the same prompt ids answer_stream builds (for the raw trace and "Mirar dentro")
+    prompt_ids, cut = tok.encode_instruction(prompt, max_len=max(bs // 2, bs - max_new))
+    pieces, first = [], []
+
+    def stream():
+        for piece in answer_stream(model, tok, prompt, max_new, temperature, top_k or None):
+            if not first:
+                first.append(time.perf_counter() - t0)
+            pieces.append(piece)
+            yield escape_md(piece)
+
+    try:
+        st.write_stream(stream)
+    except Exception as e:  # any generation error becomes a message in the chat
+        msg = f"No se pudo generar la respuesta ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        st.error(msg)
+        return {"role": "assistant", "source": "error", "content": msg}
+    latency = time.perf_counter() - t0
+    text = "".join(pieces)
+    stopped = len(pieces) < max_new  # fewer pieces than allowed: the model wrote <eos>
+    answer_ids = [tok.stoi.get(ch, tok.unk_id) for ch in text] + ([tok.eos_id] if stopped else [])
+    n = len(pieces) + stopped
+    return {"role": "assistant", "source": "modelo", "content": text or "(respuesta vacía)",
+            "latency": latency, "first": first[0] if first else latency, "tokens": n,
+            "tps": n / latency if latency > 0 else 0.0, "ckpt": choice, "path": path, "mtime": mtime,
+            "prompt_ids": prompt_ids, "answer_ids": answer_ids, "cut": cut, "stopped": stopped,
+            "raw": tok.decode(prompt_ids + answer_ids, specials=True),
+            "settings": f"T={temperature:g}, top-k={top_k or '—'}, máx={max_new}"}
+
+
+def render_answer(st, m, show_raw):
+    src = m.get("source")
+    if src == "aviso":
+        st.warning(m["content"], icon=":material/front_hand:")
+        return
+    if src == "error":
+        st.error(m["content"], icon=":material/error:")
+        return
+    st.markdown(escape_md(m["content"]))
+    if src == "FAQ":
+        st.caption(f":green-badge[FAQ] respuesta fija ({m['rule']}) · {m['latency'] * 1000:.1f} ms · "
+                   "el modelo no se ejecutó")
+        return
+    st.caption(f":blue-badge[modelo] {m['latency']:.2f} s (primer token {m['first'] * 1000:.0f} ms) · "
+               f"{m['tokens']} tokens · {m['tps']:.0f} tokens/s · `{m['ckpt']}` · {m['settings']}"
+               + ("" if m["stopped"] else " · cortada: llegó al máximo de tokens")
+               + (f" · pregunta recortada: {m['cut']} caracteres del inicio" if m["cut"] else ""))
+    if show_raw:
+        st.code(m["raw"], language=None, wrap_lines=True)
+
+
+def render_inside(st, alt, pd, m, look_inside, load_model):
+    """'Mirar dentro' of one model answer: attention heatmap, next-token bars, loss curve."""
+    with st.expander("Mirar dentro de esta respuesta", icon=":material/biotech:"):
+        try:
+            ids = tuple(m["prompt_ids"] + m["answer_ids"])
+            res = load_model(m["path"], m["mtime"])
+            tok, meta = res["tok"], res["meta"]
+            att, probs = look_inside(m["path"], m["mtime"], ids)
+        except Exception as e:  # e.g. the checkpoint file changed since this answer
+            st.info(f"No se puede mirar dentro ({type(e).__name__}: {e}).")
+            return
+        L, H, T, _ = att.shape
+        ids = list(ids)[-T:]
+        labels = [token_label(tok, i) for i in ids]
+        tab_att, tab_next, tab_loss = st.tabs(["Atención", "Siguiente token", "Curva de pérdida"])
+        with tab_att:
+            c1, c2, c3 = st.columns(3)
+            layer = c1.selectbox("Capa", list(range(L)), index=L - 1, key="inside_layer")
+            head = c2.selectbox("Cabeza", ["media"] + list(range(H)), index=0, key="inside_head",
+                                format_func=lambda h: "media de las cabezas" if h == "media" else f"cabeza {h}")
+            n_ans = min(len(m["answer_ids"]), T)
+            rows_of = c3.selectbox("Filas", ["respuesta", "todo"], index=0 if T > 64 and n_ans else 1,
+                                   key="inside_rows", format_func=lambda r: {
+                                       "respuesta": "solo la respuesta", "todo": "pregunta + respuesta"}[r])
+            w = att[layer].mean(0) if head == "media" else att[layer, head]
+            q0 = T - n_ans if rows_of == "respuesta" and n_ans else 0
+            rows = [{"q": i, "k": j, "peso": float(w[i, j]), "consulta": f"{i}: {labels[i]}",
+                     "clave": f"{j}: {labels[j]}"} for i in range(q0, T) for j in range(i + 1)]
+            axis_labels = json.dumps(labels, ensure_ascii=True)
+            chart = alt.Chart(pd.DataFrame(rows)).mark_rect().encode(
+                x=alt.X("k:O", title="mira a (clave)",
+                        axis=alt.Axis(labelExpr=f"{axis_labels}[datum.value]", labelAngle=0, labelFontSize=9)),
+                y=alt.Y("q:O", title="desde (consulta)",
+                        axis=alt.Axis(labelExpr=f"{axis_labels}[datum.value]", labelFontSize=9)),
+                color=alt.Color("peso:Q", scale=alt.Scale(scheme="viridis"), title="peso"),
+                tooltip=["consulta", "clave", alt.Tooltip("peso:Q", format=".3f")],
+            )
+            st.altair_chart(chart, width="stretch", height=min(640, max(220, 10 * (T - q0))) + 60)
+            st.caption("Cada fila es un carácter que «mira» a los anteriores (la máscara causal oculta el "
+                       "futuro). Una pasada hacia delante con `record=True` sobre toda la secuencia.")
+        with tab_next:
+            n_prompt = len(m["prompt_ids"])
+            gen = [p for p in range(T) if ids and p >= T - len(m["answer_ids"]) and p >= 1]
+            if not gen:
+                st.info("La respuesta no tiene tokens generados.")
+            else:
+                pos = st.select_slider("Token generado", gen, value=gen[0], key="inside_pos",
+                                       format_func=lambda p: f"{p - (T - len(m['answer_ids'])) + 1}: {labels[p]}")
+                k = st.slider("k", 3, 20, 10, key="inside_k")
+                dist = probs[pos - 1]  # the distribution that produced the token at pos
+                top = dist.argsort()[::-1][:k]
+                df = pd.DataFrame({"token": [f"{r + 1}. {token_label(tok, t)}" for r, t in enumerate(top)],
+                                   "probabilidad": [float(dist[t]) for t in top],
+                                   "elegido": ["sí" if t == ids[pos] else "no" for t in top]})
+                bars = alt.Chart(df).mark_bar().encode(
+                    x=alt.X("probabilidad:Q", scale=alt.Scale(domain=[0, 1])),
+                    y=alt.Y("token:N", sort=None, title=None,
+                            axis=alt.Axis(labelOverlap=False, labelFontSize=13, labelLimit=120)),
+                    color=alt.Color("elegido:N", scale=alt.Scale(domain=["sí", "no"], range=["#e4572e", "#4c78a8"]),
+                                    legend=None),
+                    tooltip=["token", alt.Tooltip("probabilidad:Q", format=".3f")],
+                )
+                st.altair_chart(bars, width="stretch", height=28 * k + 50)
+                rank = int((dist > dist[ids[pos]]).sum()) + 1
+                st.caption(f"Antes de escribir «{labels[pos]}» el modelo le daba {dist[ids[pos]]:.1%} "
+                           f"(puesto {rank}). Probabilidades del modelo, sin temperatura ni top-k. "
+                           f"La pregunta ocupa {n_prompt} tokens.")
+        with tab_loss:
+            rows, start = loss_history_frame(meta)
+            if not rows:
+                st.info("Este checkpoint no guarda historial de pérdida.")
+            else:
+                df = pd.DataFrame(rows)
+                series = [s for s in LOSS_COLORS if s in set(df["serie"])]
+                series += sorted(set(df["serie"]) - set(series))
+                lines = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
+                    x=alt.X("paso:Q", title="paso de entrenamiento"),
+                    y=alt.Y("pérdida:Q", title="pérdida (entropía cruzada)", scale=alt.Scale(zero=False)),
+                    color=alt.Color("serie:N", title=None, scale=alt.Scale(domain=series,
+                                    range=[LOSS_COLORS.get(s, "#888888") for s in series]),
+                                    legend=alt.Legend(orient="bottom", columns=3, labelLimit=220)),
+                    tooltip=["serie", "paso", alt.Tooltip("pérdida:Q", format=".3f")])
+                layers = [lines]
+                if start is not None:
+                    layers.append(alt.Chart(pd.DataFrame({"paso": [start]})).mark_rule(strokeDash=[4, 4])
+                                  .encode(x="paso:Q"))
+                st.altair_chart(alt.layer(*layers), width="stretch", height=340)
+                st.caption("Del checkpoint: `pretrain_history` (preentrenamiento) y `history` (ajuste con "
+                           "instrucciones, a partir de la línea discontinua). "
+                           f"Mejor pérdida de validación: {meta.get('best_val_loss', '?')}.")
+
+
+
+def _in_streamlit():
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:
+        return False
+    return get_script_run_ctx(suppress_warning=True) is not None
+
+
+if __name__ == "__main__":
+    if _in_streamlit():
+        main()
+    elif "--faq-eval" in sys.argv:
+        sys.exit(_faq_cli(sys.argv[1:]))
+    else:
+        print("run the app with:  streamlit run app.py\n"
+              "measure the FAQ:   python app.py --faq-eval data/es/instructions/test.jsonl [-v]")

@@ -1,0 +1,14 @@
+# The default instruction finetune of `make demo`: out/ (pretrained) -> out-instr/,
+# then greedy evaluation on the held-out prompts of data/es/instructions/test.jsonl.
+init_from = "out"
+data = "data/es/instructions/train.jsonl"
+test_data = "data/es/instructions/test.jsonl"
+out_dir = "out-instr"
+batch_size = 32
+max_iters = 600
+learning_rate = 1e-3
+min_lr = 1e-4
+warmup_iters = 30
+dropout = 0.1
+eval_interval = 50
+patience = 4

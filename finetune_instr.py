@@ -1,0 +1,311 @@
+"""
+Instruction tuning: teach the pretrained GPT to answer prompts, then measure it on prompts it
+never saw.
+
+    python finetune_instr.py config/finetune_instr.py                  # out/ -> out-instr/, then evaluate
+    python finetune_instr.py --eval_only=True --out_dir=out-instr       # evaluate on the held-out file
+    python finetune_instr.py --init_from=scratch --out_dir=out-instr-scratch   # the control
+
+Each example becomes   <instr> prompt <resp> response <eos>   (special ids inserted by code).
+The loss is taken only on the response and <eos>: the model learns to answer, not to write
+questions. Data: JSONL with {"prompt", "response"} (optionally "kind"), or the Alpaca format
+({"instruction", "input", "output"}) as JSON or JSONL.
+"""
+import json
+import math
+import os
+import random
+import time
+import unicodedata
+
+import torch
+
+from configurator import configure, fail
+from model import (GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint,
+                   pick_device, save_checkpoint)
+from tokenizer import BASE_CHARS, CharTokenizer, clean_text
+
+# -----------------------------------------------------------------------------
+init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
+data = "data/es/instructions/train.jsonl"
+test_data = "data/es/instructions/test.jsonl"
+out_dir = "out-instr"
+overwrite = False  # allow replacing a checkpoint already in out_dir
+eval_only = False  # skip training: evaluate out_dir's checkpoint on test_data
+val_fraction = 0.1  # held out from `data` for early stopping
+batch_size = 32
+max_iters = 600
+learning_rate = 1e-3
+min_lr = 1e-4
+warmup_iters = 30
+weight_decay = 0.1
+grad_clip = 1.0
+dropout = 0.1
+eval_interval = 50
+patience = 4  # stop after this many evaluations without a better val loss
+max_new_tokens = 120  # answer length limit when evaluating
+# architecture for init_from='scratch' (a pretrained init brings its own)
+block_size = 256
+n_layer = 4
+n_head = 6
+n_embd = 192
+device = "auto"
+dtype = "auto"
+seed = 1337
+# -----------------------------------------------------------------------------
+config = configure(globals())
+try:
+    device = pick_device(device)
+    ctx = autocast(device, dtype)
+except ValueError as e:
+    fail(e)
+torch.manual_seed(seed)
+
+
+def load_examples(path):
+    """[(prompt, response, kind)] from JSONL or JSON; bad lines are all reported, then we stop."""
+    if not os.path.isfile(path):
+        fail(f"instruction data not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"{path} is not UTF-8 text")
+    if not text.strip():
+        fail(f"{path} is empty")
+    if text.lstrip().startswith("["):  # a JSON list (Alpaca's own format)
+        try:
+            items = list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as e:
+            fail(f"{path}: not valid JSON ({e.msg} at line {e.lineno})")
+        where = "item"
+    else:
+        items, where = [], "line"
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((n, json.loads(line)))
+                except json.JSONDecodeError:
+                    items.append((n, None))
+    examples, bad = [], []
+    for n, obj in items:
+        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
+            prompt, response = obj["prompt"], obj["response"]
+        elif isinstance(obj, dict) and isinstance(obj.get("instruction"), str) and isinstance(obj.get("output"), str):
+            prompt, response = obj["instruction"], obj["output"]
+            if isinstance(obj.get("input"), str) and obj["input"].strip():
+                prompt += "\n" + obj["input"]  # Alpaca's optional context goes under the instruction
+        else:
+            bad.append(n)
+            continue
+        examples.append((clean_text(prompt).strip(), clean_text(response).strip(), str(obj.get("kind", ""))))
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        fail(f"{path}: {len(bad)} malformed {where}(s) (need prompt/response or instruction/output): {where} {shown}")
+    if not examples:
+        fail(f"{path} holds no examples")
+    return examples
+
+
+def strip_accents(s):
+    return "".join(c for c in unicodedata.normalize("NFD", s.lower()) if unicodedata.category(c) != "Mn")
+
+
+# the three seed facts and the key words a correct answer must contain (accents ignored)
+FACT_KEYS = {"fact:perro": ["canino", "canido", "canidae"], "fact:gato": ["felino", "felido", "felidae"],
+             "fact:capital": ["san jose"]}
+
+
+def is_correct(kind, answer, expected):
+    a = strip_accents(answer)
+    hits = {k for k, words in FACT_KEYS.items() if any(w in a for w in words)}
+    if kind in FACT_KEYS:  # its own key words, and none of the other facts'
+        return hits == {kind}
+    if kind == "abstain":
+        return "no lo se" in a and not hits
+    return a.strip() == strip_accents(expected).strip()  # other facts: the exact answer
+
+
+@torch.no_grad()
+def evaluate(model, tok, examples):
+    """Greedy answers for every prompt; prompts of equal length share a batch (no padding needed,
+    so each answer is exactly what a single-prompt run would give)."""
+    model.eval()
+    encoded = [tok.encode_instruction(p, max_len=max(block // 2, block - max_new_tokens))[0] for p, _, _ in examples]
+    answers = [None] * len(examples)
+    by_len = {}
+    for i, ids in enumerate(encoded):
+        by_len.setdefault(len(ids), []).append(i)
+    for length, rows in by_len.items():
+        for s in range(0, len(rows), 64):
+            chunk = rows[s:s + 64]
+            idx = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)  # (b, T)
+            with ctx:
+                out = model.generate(idx, max_new_tokens, temperature=0.0, stop_token=tok.eos_id)
+            for i, row in zip(chunk, out[:, length:].tolist()):
+                row = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
+                answers[i] = tok.decode(row)
+    results = []
+    for (p, r, kind), ans in zip(examples, answers):
+        results.append({"prompt": p, "expected": r, "answer": ans, "kind": kind, "correct": is_correct(kind, ans, r)})
+    return results
+
+
+def print_table(results):
+    kinds = sorted({r["kind"] for r in results}, key=lambda k: (k == "abstain", k))
+    print(f"{'kind':<16}{'n':>5}{'correct':>9}{'accuracy':>10}")
+    rows = [(k, [r for r in results if r["kind"] == k]) for k in kinds]
+    facts = [r for r in results if r["kind"] in FACT_KEYS]
+    if facts:
+        rows.append(("facts (3)", facts))
+    rows.append(("overall", results))
+    for name, rs in rows:
+        c = sum(r["correct"] for r in rs)
+        print(f"{name:<16}{len(rs):>5}{c:>9}{100 * c / len(rs):>9.1f}%")
+
+
+# -----------------------------------------------------------------------------
+ckpt_path = os.path.join(out_dir, "ckpt.pt")
+
+
+def evaluate_checkpoint():
+    """Greedy answers of out_dir's checkpoint on test_data: a table, and every answer in a JSONL."""
+    global block
+    try:
+        model, tok = model_from_checkpoint(load_checkpoint(out_dir, kinds=("instr",)), device)
+    except CheckpointError as e:
+        fail(e)
+    block = model.config.block_size
+    t0 = time.time()
+    results = evaluate(model, tok, load_examples(test_data))
+    print(f"held-out evaluation of {ckpt_path} on {test_data} ({time.time() - t0:.1f}s, greedy, model only):")
+    print_table(results)
+    answers_path = os.path.join(out_dir, "eval_answers.jsonl")
+    with open(answers_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    print(f"answers written to {answers_path}")
+
+
+if eval_only:
+    evaluate_checkpoint()
+    raise SystemExit(0)
+
+if os.path.exists(ckpt_path) and not overwrite:
+    fail(f"{ckpt_path} already exists; use --overwrite=True to replace it, or another --out_dir")
+examples = load_examples(data)
+if init_from == "scratch":
+    texts = [p + r for p, r, _ in examples] + [BASE_CHARS]
+    tok = CharTokenizer.from_texts(texts)
+    model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n_head=n_head,
+                      n_embd=n_embd, dropout=dropout)
+    model = GPT(GPTConfig(**model_args))
+    pretrain_history = []
+else:
+    try:
+        base = load_checkpoint(init_from, kinds=("pretrain", "instr"))
+    except CheckpointError as e:
+        fail(e)
+    model_args = {**base["model_args"], "dropout": dropout}
+    model = GPT(GPTConfig(**model_args))
+    model.load_state_dict(base["model"])
+    tok = CharTokenizer(base["vocab"])
+    pretrain_history = base.get("history", [])
+model.to(device).train()
+block = model.config.block_size
+
+# encode: x = ids[:-1], y = ids[1:], with y = -100 (ignored) wherever the next token is still
+# part of the prompt. The first kept target is the response's first character, predicted at <resp>.
+encoded, truncated = [], 0
+for p, r, _ in examples:
+    ids, cut = tok.encode_instruction(p, r, max_len=block + 1)
+    truncated += cut > 0
+    resp_pos = ids.index(tok.resp_id)
+    y = ids[1:]
+    y[:resp_pos] = [-100] * resp_pos
+    encoded.append((ids[:-1], y))
+if truncated:
+    print(f"{truncated} example(s) longer than block_size={block}: prompts truncated from the left")
+order = list(range(len(encoded)))
+random.Random(seed).shuffle(order)
+n_val = max(1, int(len(order) * val_fraction)) if len(order) > 1 else 0
+val_set, train_set = [encoded[i] for i in order[:n_val]], [encoded[i] for i in order[n_val:]]
+print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.num_params():,} parameters")
+
+
+def collate(batch):
+    """Pad a batch to its own longest example: inputs with <pad>, targets with -100."""
+    T = max(len(x) for x, _ in batch)
+    X = torch.full((len(batch), T), tok.pad_id, dtype=torch.long)  # (B, T)
+    Y = torch.full((len(batch), T), -100, dtype=torch.long)  # (B, T)
+    for i, (x, y) in enumerate(batch):
+        X[i, :len(x)] = torch.tensor(x)
+        Y[i, :len(y)] = torch.tensor(y)
+    return X.to(device), Y.to(device)
+
+
+@torch.no_grad()
+def val_loss():
+    if not val_set:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(val_set), batch_size):
+        X, Y = collate(val_set[s:s + batch_size])
+        with ctx:
+            _, loss = model(X, Y)
+        n = (Y != -100).sum().item()
+        total, count = total + loss.item() * n, count + n
+    model.train()
+    return total / count
+
+
+def save():
+    os.makedirs(out_dir, exist_ok=True)
+    save_checkpoint({"kind": "instr", "model_args": model_args, "model": model.state_dict(), "vocab": tok.vocab,
+                     "config": config, "iter_num": it, "best_val_loss": best, "history": history,
+                     "pretrain_history": pretrain_history, "base": init_from}, ckpt_path)
+
+
+optimizer = model.configure_optimizer(weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
+gen = torch.Generator().manual_seed(seed)
+history, best, bad_evals, perm = [], float("inf"), 0, []
+t0 = time.time()
+for it in range(max_iters + 1):
+    if it % eval_interval == 0 or it == max_iters:
+        vl = val_loss() if val_set else float("nan")
+        history.append({"iter": it, "val_loss": vl, "elapsed_s": round(time.time() - t0, 2)})
+        print(f"iter {it}/{max_iters} | val loss {vl:.4f} | {time.time() - t0:.0f}s", flush=True)
+        if not val_set or vl < best:
+            best, bad_evals = min(best, vl), 0
+            save()
+        else:
+            bad_evals += 1
+            if bad_evals >= patience:
+                print(f"early stop: no better val loss in {patience} evaluations")
+                break
+    if it == max_iters:
+        break
+    # linear warmup, then cosine decay to min_lr
+    lr = min_lr + (learning_rate - min_lr) * 0.5 * (1 + math.cos(math.pi * it / max_iters))
+    lr *= min(1.0, (it + 1) / warmup_iters)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if len(perm) < batch_size:  # a fresh shuffled pass over the training set
+        perm += torch.randperm(len(train_set), generator=gen).tolist()
+    X, Y = collate([train_set[i] for i in perm[:batch_size]])
+    perm = perm[batch_size:]
+    with ctx:
+        _, loss = model(X, Y)
+    if not torch.isfinite(loss):
+        fail(f"loss became {loss.item()} at iteration {it}; stopped (the best checkpoint so far is kept)")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    history.append({"iter": it + 1, "loss": loss.item(), "lr": lr})
+print(f"finetuned in {time.time() - t0:.1f}s; best val loss {best:.4f} -> {ckpt_path}")
+
+# evaluate the best checkpoint on the held-out prompts
+if test_data:
+    evaluate_checkpoint()

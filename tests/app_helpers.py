@@ -1,0 +1,144 @@
+"""Shared by tests/test_app.py and tests/test_browser.py: a tiny instruction checkpoint (built in
+about a second) and a Streamlit server that is always stopped."""
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+
+# the base characters of prepare.py (not imported: it runs on import)
+BASE_CHARS = string.printable[:95] + "\n\táéíóúüñÁÉÍÓÚÜÑ¿¡«»—–…“”‘’°"
+
+INSTR_DIR = os.path.join(ROOT, "data", "es", "instructions")
+_BUILT = {}
+
+
+def instruction_rows(split="test"):
+    with open(os.path.join(INSTR_DIR, f"{split}.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def build_tiny_checkpoints(root, steps=150, seed=0):
+    """root/out-instr (trained a little on the three facts), root/out-instr-b (untrained) and
+    root/out-pre (a 'pretrain' checkpoint the app must not list). Memoized per root."""
+    if root in _BUILT:
+        return _BUILT[root]
+    from tokenizer import CharTokenizer
+
+    texts = [BASE_CHARS]
+    for split in ("train", "test"):
+        for r in instruction_rows(split):
+            texts += [r["prompt"], r["response"]]
+    tok = CharTokenizer.from_texts(texts)
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg)
+    facts = {}
+    for r in instruction_rows("train"):
+        facts.setdefault(r["kind"], r)
+    seqs = [tok.encode_instruction(r["prompt"], r["response"])[0] for k, r in sorted(facts.items())]
+    T = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), T), tok.pad_id)
+    for i, s in enumerate(seqs):
+        x[i, :len(s)] = torch.tensor(s)
+    y = torch.full_like(x, -100)
+    y[:, :-1] = x[:, 1:]
+    y[y == tok.pad_id] = -100
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is fastest, and the machine may be busy
+    for it in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % 10 == 0 or it == steps - 1:
+            history.append({"iter": it, "loss": round(loss.item(), 4)})
+            if it % 50 == 0:
+                history[-1].update(train_loss=round(loss.item(), 4), val_loss=round(loss.item() + 0.1, 4))
+    torch.set_num_threads(threads)
+    pretrain_history = [{"iter": i, "train_loss": 4.0 - i / 400, "val_loss": 4.1 - i / 450}
+                        for i in range(0, 1000, 100)]
+
+    def ckpt(kind, m):
+        return {"kind": kind, "model_args": dataclasses.asdict(cfg), "model": m.state_dict(),
+                "vocab": tok.vocab, "config": {"note": "tiny test fixture"}, "iter_num": steps,
+                "best_val_loss": history[-1]["loss"], "history": history,
+                "pretrain_history": pretrain_history}
+
+    for name, kind, m in (("out-instr", "instr", model), ("out-instr-b", "instr", GPT(cfg)),
+                          ("out-pre", "pretrain", model)):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        save_checkpoint(ckpt(kind, m), os.path.join(root, name, "ckpt.pt"))
+    _BUILT[root] = root
+    return root
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(port, proc, timeout=60):
+    url = f"http://127.0.0.1:{port}/_stcore/health"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return r.read().decode()
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"no answer from {url} in {timeout} s")
+
+
+@contextlib.contextmanager
+def streamlit_server(args, out_root, log_path):
+    """Run `args` (a streamlit command) in its own process group; always killed on exit."""
+    env = dict(os.environ, LLMFS_OUT_ROOT=out_root, LLMFS_DEVICE="cpu",
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false", PYTHONUNBUFFERED="1")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def build_broken_checkpoint(root, src_root):
+    """root/out-instr: an instruction checkpoint whose weights are NaN, so sampling fails
+    (torch.multinomial rejects NaN probabilities) — for the 'generation error' test."""
+    src = os.path.join(build_tiny_checkpoints(src_root), "out-instr", "ckpt.pt")
+    ck = torch.load(src, weights_only=True)
+    ck["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                   for k, v in ck["model"].items()}
+    os.makedirs(os.path.join(root, "out-instr"), exist_ok=True)
+    save_checkpoint(ck, os.path.join(root, "out-instr", "ckpt.pt"))
+    return root

@@ -1,0 +1,96 @@
+"""The shipped Spanish data: schema, sizes, no leaks between splits, no repetition, full coverage."""
+import collections
+import glob
+import json
+import os
+import unicodedata
+
+from conftest import ROOT, run
+
+ES = os.path.join(ROOT, "data", "es")
+FACTS = ("fact:perro", "fact:gato", "fact:capital")
+
+
+def norm(s):
+    """lowercase, accents stripped (ñ kept), punctuation removed, spaces collapsed"""
+    s = s.lower().replace("ñ", "\0")
+    s = "".join(c for c in unicodedata.normalize("NFD", s) if unicodedata.category(c) != "Mn").replace("\0", "ñ")
+    s = "".join(c if c.isalnum() or c == "ñ" else " " for c in s)
+    return " ".join(s.split())
+
+
+def read_jsonl(name):
+    with open(os.path.join(ES, "instructions", name), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_tsv(name):
+    with open(os.path.join(ES, "sentiment", name), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "text\tlabel"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(r) == 2 and r[0].strip() for r in rows)
+    return rows
+
+
+def test_corpus_size_topics_and_no_repetition():
+    files = sorted(glob.glob(os.path.join(ES, "corpus", "*.txt")))
+    assert len(files) >= 40  # one topic per file
+    text = "\n".join(open(f, encoding="utf-8").read() for f in files)
+    assert len(text) >= 150_000
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    assert len(paragraphs) == len(set(paragraphs)), "a paragraph is repeated"
+    lines = collections.Counter(line.strip() for line in text.splitlines() if line.strip())
+    assert max(lines.values()) <= 2
+    for needle in ("Canidae", "Felidae", "capital de Costa Rica", "¿", "¡", "ñ"):
+        assert needle in text
+
+
+def test_instruction_files_schema_sizes_and_no_leak():
+    train, test = read_jsonl("train.jsonl"), read_jsonl("test.jsonl")
+    for rows in (train, test):
+        for r in rows:
+            assert set(r) == {"prompt", "response", "kind"} and r["prompt"].strip() and r["response"].strip()
+            assert r["kind"] in FACTS + ("abstain",) or r["kind"].startswith("fact:")
+    for rows, minimum in ((train, 60), (test, 20)):
+        counts = collections.Counter(r["kind"] for r in rows)
+        for kind in FACTS + ("abstain",):
+            assert counts[kind] >= minimum, (kind, counts[kind])
+    # one consistent answer per kind; abstentions say "No lo sé"
+    for kind in FACTS + ("abstain",):
+        assert len({r["response"] for r in train + test if r["kind"] == kind}) == 1
+    assert all(r["response"].startswith("No lo sé") for r in train + test if r["kind"] == "abstain")
+    near_misses = [r for r in train + test if r["kind"] == "abstain" and any(
+        w in norm(r["prompt"]) for w in ("perro", "gato", "costa rica", "capital"))]
+    assert len(near_misses) >= 40
+    train_prompts = {norm(r["prompt"]) for r in train}
+    assert not [r["prompt"] for r in test if norm(r["prompt"]) in train_prompts]
+    assert len({norm(r["prompt"]) for r in test}) == len(test)
+
+
+def test_sentiment_splits_balanced_and_disjoint():
+    splits = {name: read_tsv(f"{name}.tsv") for name in ("train", "val", "test")}
+    total = sum(len(rows) for rows in splits.values())
+    assert total >= 600
+    assert 0.6 < len(splits["train"]) / total < 0.8 and 0.15 < len(splits["test"]) / total < 0.25
+    labels = collections.Counter(r[1] for rows in splits.values() for r in rows)
+    assert set(labels) == {"positivo", "negativo"} and abs(labels["positivo"] - labels["negativo"]) <= total * 0.05
+    seen = {}
+    for name, rows in splits.items():
+        for text, _ in rows:
+            key = text.strip().lower()
+            assert key not in seen, f"duplicate across {seen.get(key)} and {name}: {text}"
+            seen[key] = name
+
+
+def test_prepared_vocabulary_covers_every_shipped_character(tmp_path):
+    p = run("prepare.py", f"--data_root={tmp_path}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    vocab = set(json.load(open(tmp_path / "es" / "meta.json", encoding="utf-8"))["vocab"])
+    for path in glob.glob(os.path.join(ES, "**", "*.*"), recursive=True):
+        if path.endswith((".txt", ".jsonl", ".tsv")):
+            text = open(path, encoding="utf-8").read()
+            if path.endswith(".jsonl"):
+                text = "".join(v for line in text.splitlines() for v in json.loads(line).values())
+            missing = set(text) - vocab - {"\n"}
+            assert not missing, (path, missing)
