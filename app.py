@@ -425,6 +425,7 @@ def main():
     import streamlit as st
 
     from model import CheckpointError, answer_stream, load_checkpoint, model_from_checkpoint, pick_device
+    from model import prompt_ids as model_prompt_ids
     from tokenizer import clean_text
 
     st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")
@@ -567,7 +568,7 @@ def answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temper
                     "latency": time.perf_counter() - t0, "tokens": 0}
     bs = model.config.block_size
     # the same prompt ids answer_stream builds (for the raw trace and "Mirar dentro")
-    prompt_ids, cut = tok.encode_instruction(prompt, max_len=max(bs // 2, bs - max_new))
+    prompt_ids, cut = model_prompt_ids(tok, prompt, bs, max_new)
     pieces, first = [], []
 
     def stream():

@@ -64,24 +64,27 @@ def _unknown(key, known):
     fail(f"unknown config key '{key}'{hint}", 2)
 
 
+def read_config_file(path):
+    """A config file is plain Python; returns the simple values it assigns."""
+    if not os.path.isfile(path):
+        fail(f"config file not found: {path}", 2)
+    scope = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            exec(compile(f.read(), path, "exec"), scope)  # config files are code the user wrote
+    except Exception as e:  # a broken config file is a user error, not a crash
+        fail(f"could not run config file {path}: {type(e).__name__}: {e}", 2)
+    # skip imports, helpers and __builtins__
+    return {k: v for k, v in scope.items() if not k.startswith("_") and isinstance(v, _SIMPLE)}
+
+
 def configure(g, argv=None):
     """Apply config files and --key=value flags from argv to the dict g (a script's globals())."""
     argv = sys.argv[1:] if argv is None else argv
     known = [k for k, v in g.items() if not k.startswith("_") and isinstance(v, _SIMPLE)]
     for arg in argv:
         if not arg.startswith("--"):
-            # a config file: plain Python that assigns some of the known globals
-            if not os.path.isfile(arg):
-                fail(f"config file not found: {arg}", 2)
-            scope = {}
-            try:
-                with open(arg, encoding="utf-8") as f:
-                    exec(compile(f.read(), arg, "exec"), scope)  # config files are code the user wrote
-            except Exception as e:  # a broken config file is a user error, not a crash
-                fail(f"could not run config file {arg}: {type(e).__name__}: {e}", 2)
-            for key, value in scope.items():
-                if key.startswith("_") or not isinstance(value, _SIMPLE):
-                    continue  # imports, helpers, __builtins__
+            for key, value in read_config_file(arg).items():
                 if key not in known:
                     _unknown(key, known)
                 g[key] = _coerce(key, value, g[key])

@@ -22,7 +22,7 @@ import torch
 
 from configurator import configure, fail
 from model import (GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint,
-                   pick_device, save_checkpoint)
+                   pick_device, prompt_ids, save_checkpoint)
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def evaluate(model, tok, examples):
     """Greedy answers for every prompt; prompts of equal length share a batch (no padding needed,
     so each answer is exactly what a single-prompt run would give)."""
     model.eval()
-    encoded = [tok.encode_instruction(p, max_len=max(block // 2, block - max_new_tokens))[0] for p, _, _ in examples]
+    encoded = [prompt_ids(tok, p, block, max_new_tokens)[0] for p, _, _ in examples]
     answers = [None] * len(examples)
     by_len = {}
     for i, ids in enumerate(encoded):

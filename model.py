@@ -28,6 +28,27 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True         # biases in Linear and LayerNorm, like GPT-2
     use_sdpa: bool = True     # True: fused F.scaled_dot_product_attention; False: the explicit math
+    # architecture options (the defaults are GPT-2's; bench.py races the alternatives)
+    pos: str = "learned"      # 'learned' position embeddings, or 'rope' (rotary, applied to q and k)
+    norm: str = "layernorm"   # 'layernorm' or 'rmsnorm' (no mean, no bias: cheaper)
+    mlp: str = "gelu"         # 'gelu' or 'relu2' (relu squared)
+    qk_norm: bool = False     # RMS-normalize queries and keys per head (steadier at high learning rates)
+    tie_weights: bool = True  # the output layer reuses the token embedding table
+
+
+def make_norm(cfg):
+    return nn.RMSNorm(cfg.n_embd) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+def rope(x, pos0):
+    """Rotary position embedding: rotate pairs of channels of q or k (B, nh, T, hs) by an angle
+    that grows with the position, so q.k depends on how far apart two tokens are."""
+    T, hs = x.size(-2), x.size(-1)
+    freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))  # (hs/2,)
+    ang = torch.arange(pos0, pos0 + T, device=x.device, dtype=torch.float32)[:, None] * freq  # (T, hs/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -35,7 +56,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
-        self.use_sdpa = cfg.use_sdpa
+        self.use_sdpa, self.rope, self.qk_norm = cfg.use_sdpa, cfg.pos == "rope", cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.attn_dropout = nn.Dropout(cfg.dropout)
@@ -53,6 +74,11 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+        if self.rope:  # positions continue after what the cache already holds
+            pos0 = cache["k"].size(2) if cache is not None and "k" in cache else 0
+            q, k = rope(q, pos0), rope(k, pos0)
         if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)  # (B, nh, Tk, hs)
@@ -63,8 +89,12 @@ class CausalSelfAttention(nn.Module):
         mask = self.mask[:, :, Tk - T:Tk, :Tk]  # (1, 1, T, Tk)
         p = self.dropout if self.training else 0.0
         if self.use_sdpa and not self.record:
-            # one fused kernel (flash / memory-efficient where available), same math as below
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            # one fused kernel (flash / memory-efficient where available), same math as below;
+            # is_causal (T == Tk) and no mask at all (a single new token) pick the fastest kernels
+            if T == Tk:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T == 1 else mask, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk) similarity scores
             att = att.masked_fill(~mask, float("-inf"))  # causal: no peeking at later tokens
@@ -83,17 +113,20 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, 4C)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cache=None):
@@ -107,12 +140,14 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)  # position embeddings
+        # learned position embeddings (GPT-2); with RoPE, positions enter inside attention instead
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying: reading and writing tokens share a table
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight  # weight tying: reading and writing tokens share a table
         # GPT-2 init: N(0, 0.02), residual projections scaled down so the residual stream
         # does not grow with depth
         self.apply(self._init_weights)
@@ -137,8 +172,10 @@ class GPT(nn.Module):
         B, T = idx.size()
         if pos0 + T > self.config.block_size:
             raise ValueError(f"sequence of {pos0 + T} tokens is longer than block_size {self.config.block_size}")
-        pos = torch.arange(pos0, pos0 + T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))  # + (T, C)
+        x = self.drop(x)
         for i, block in enumerate(self.h):
             x = block(x, None if caches is None else caches[i])
         return self.ln_f(x)
@@ -206,10 +243,15 @@ class GPT(nn.Module):
         return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
 
 
+def prompt_ids(tok, prompt, block_size, max_new_tokens):
+    """What an instruction model sees for a prompt: <instr> prompt <resp>, the prompt cut from the
+    left if needed so that an answer of max_new_tokens still fits the window. Returns (ids, cut)."""
+    return tok.encode_instruction(prompt, max_len=max(block_size // 2, block_size - max_new_tokens))
+
+
 def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
     """Yield an instruction model's answer to prompt character by character, until <eos>."""
-    bs = model.config.block_size
-    ids, _ = tok.encode_instruction(prompt, max_len=max(bs // 2, bs - max_new_tokens))
+    ids, _ = prompt_ids(tok, prompt, model.config.block_size, max_new_tokens)
     idx = torch.tensor([ids], dtype=torch.long, device=model.wte.weight.device)  # (1, T)
     for t in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,
                                    stop_token=tok.eos_id, generator=generator):

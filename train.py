@@ -42,6 +42,11 @@ n_embd = 128
 dropout = 0.0
 bias = True
 use_sdpa = True
+pos = "learned"  # 'learned' or 'rope'
+norm = "layernorm"  # 'layernorm' or 'rmsnorm'
+mlp = "gelu"  # 'gelu' or 'relu2'
+qk_norm = False
+tie_weights = True
 # optimizer (AdamW) and schedule (linear warmup, then cosine down to min_lr)
 batch_size = 32
 gradient_accumulation_steps = 1
@@ -60,6 +65,7 @@ dtype = "auto"  # auto (bf16 on capable GPUs, fp32 elsewhere), float32, bfloat16
 compile = False  # torch.compile the model
 seed = 1337
 max_seconds = 0.0  # stop (with a final eval + checkpoint) after this much training time; 0 = no limit
+target_val_loss = 0.0  # stop at the first evaluation with val loss <= this (bench.py race); 0 = off
 # -----------------------------------------------------------------------------
 config = configure(globals())
 
@@ -116,7 +122,8 @@ def get_batch(data, gen):
 
 # model -----------------------------------------------------------------------
 model_args = dict(vocab_size=len(vocab), block_size=block_size, n_layer=n_layer, n_head=n_head,
-                  n_embd=n_embd, dropout=dropout, bias=bias, use_sdpa=use_sdpa)
+                  n_embd=n_embd, dropout=dropout, bias=bias, use_sdpa=use_sdpa, pos=pos, norm=norm, mlp=mlp,
+                  qk_norm=qk_norm, tie_weights=tie_weights)
 ckpt_path, last_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "last.pt")
 iter_num, best_val_loss, history, resumed = 0, float("inf"), [], None
 if init_from == "scratch":
@@ -227,7 +234,6 @@ signal.signal(signal.SIGTERM, on_signal)
 # training loop ---------------------------------------------------------------
 if master:
     os.makedirs(out_dir, exist_ok=True)
-X, Y = get_batch(train_data, batch_gen)
 t_start, t0 = time.time(), 0.0
 start_iter = iter_num
 train_time = 0.0  # seconds spent training, without evaluations (for max_seconds)
@@ -244,10 +250,17 @@ while True:
                         "elapsed_s": round(time.time() - t_start, 2)})
         improved = losses["val"] < best_val_loss
         best_val_loss = min(best_val_loss, losses["val"])
+        save(last_path)  # first, so that a ckpt.pt on disk always has a last.pt beside it
         if improved:
             save(ckpt_path)
-        save(last_path)
         write_log()
+        if target_val_loss and losses["val"] <= target_val_loss:
+            print(f"reached target val loss {target_val_loss} at iteration {iter_num}")
+            last_step = True
+    if ddp:  # rank 0 decides when to stop (target reached, time budget, signal); every rank follows
+        flag = torch.tensor([float(bool(last_step))], device=device)
+        torch.distributed.broadcast(flag, 0)
+        last_step = bool(flag.item())
     if last_step:
         break
 
@@ -256,10 +269,10 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # only sync gradients across ranks on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        X, Y = get_batch(train_data, batch_gen)
         with ctx:
             _, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps
-        X, Y = get_batch(train_data, batch_gen)  # fetch the next batch while this one is fresh
         loss.backward()
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import string
 import subprocess
 import sys
 import time
@@ -19,9 +18,9 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+from tokenizer import BASE_CHARS  # noqa: E402
 
 # the base characters of prepare.py (not imported: it runs on import)
-BASE_CHARS = string.printable[:95] + "\n\táéíóúüñÁÉÍÓÚÜÑ¿¡«»—–…“”‘’°"
 
 INSTR_DIR = os.path.join(ROOT, "data", "es", "instructions")
 _BUILT = {}

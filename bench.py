@@ -1,0 +1,182 @@
+"""
+Benchmarks: training throughput, a race between two recipes, and sampling speed.
+
+    python bench.py --mode=train --config=config/pretrain_char.py     # tokens/s, ms/iter, MFU
+    python bench.py --mode=race                                        # baseline vs fast recipe
+    python bench.py --mode=race --dataset=es --target=1.60 --a=config/pretrain_char.py
+    python bench.py --mode=sample --out_dir=out                        # KV cache on vs off
+
+race runs the two configs one after the other (never at the same time: two PyTorch processes
+on the same cores slow each other down badly), on the same prepared data, each until the
+target val loss or the time budget, and prints time to target (evaluations included), the
+val loss reached within the budget, tokens/s and the ratio. Its numbers are wall clock: run it
+on an otherwise idle machine.
+"""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from configurator import configure, fail, read_config_file
+from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint, pick_device
+
+# -----------------------------------------------------------------------------
+mode = "train"  # train | race | sample
+# train: the model and batch shape come from a train.py config file
+config = "config/pretrain_char.py"
+iters = 20
+dtype = "float32"  # float32 or bfloat16 (autocast)
+# race
+a = "config/bench_nanogpt_cpu.py"  # the baseline
+b = "config/pretrain_fast_cpu.py"  # the challenger
+dataset = "shakespeare_char"
+target = 1.886  # val loss to reach
+budget = 300.0  # seconds (wall, evaluations included) each run may take at most
+race_dir = "out-race"
+# sample
+out_dir = "out"
+max_new_tokens = 500
+runs = 5
+device = "cpu"
+seed = 1337
+# -----------------------------------------------------------------------------
+configure(globals())
+try:
+    device = pick_device(device)
+except ValueError as e:
+    fail(e)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def matmul_peak(dt):
+    """Measured peak FLOP/s of one large matmul in this dtype on this device (the MFU denominator)."""
+    n = 2048
+    x = torch.randn(n, n, device=device, dtype=dt)
+    y = torch.randn(n, n, device=device, dtype=dt)
+    for _ in range(2):
+        x @ y
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x @ y
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def bench_train():
+    cfg = read_config_file(config)
+    defaults = GPTConfig()
+    args = {k: cfg.get(k, getattr(defaults, k)) for k in GPTConfig.__dataclass_fields__ if k != "vocab_size"}
+    args["vocab_size"] = 128  # a typical character vocabulary (data is random tokens here)
+    B, T = cfg.get("batch_size", 12), args["block_size"]
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**args)).to(device).train()
+    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), device.split(":")[0])
+    ctx = autocast(device, dtype)
+    x = torch.randint(0, 128, (B, T), device=device)
+    times = []
+    for i in range(iters + 3):  # 3 warm-up iterations
+        t0 = time.perf_counter()
+        with ctx:
+            _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    # training FLOPs per token: 6 per weight (forward + backward) + attention scores and values
+    n_weights = model.num_params() - (model.wpe.weight.numel() if model.wpe is not None else 0)
+    flops_tok = 6 * n_weights + 12 * args["n_layer"] * T * args["n_embd"]
+    peak = matmul_peak(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    tok_s = B * T / dt
+    print(f"config {config}: {model.num_params():,} parameters, batch {B} x {T}, {dtype} on {device}")
+    print(f"{dt * 1000:.1f} ms/iter (median of {iters}) | {tok_s:,.0f} tokens/s | "
+          f"{flops_tok * tok_s / 1e9:.1f} GFLOP/s | matmul peak {peak / 1e9:.0f} GFLOP/s | "
+          f"MFU {100 * flops_tok * tok_s / peak:.1f}%")
+
+
+def race_one(cfg_path, name):
+    out = os.path.join(race_dir, name)
+    cmd = [sys.executable, os.path.join(HERE, "train.py"), cfg_path, f"--dataset={dataset}", f"--out_dir={out}",
+           "--overwrite=True", f"--target_val_loss={target}", f"--max_seconds={budget}", f"--device={device}"]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode:
+        fail(f"{cfg_path} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    with open(os.path.join(out, "log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    evals = [r for r in log if "val_loss" in r]
+    hit = next((r for r in evals if r["val_loss"] <= target), None)
+    in_budget = [r for r in evals if r["elapsed_s"] <= budget]
+    speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
+    return {"config": cfg_path, "time_to_target_s": hit["elapsed_s"] if hit else None,
+            "iters_to_target": hit["iter"] if hit else None, "final_val": evals[-1]["val_loss"],
+            "final_iter": evals[-1]["iter"], "best_val_within_budget": min(r["val_loss"] for r in in_budget),
+            "run_wall_s": round(wall, 1), "median_tokens_per_s": statistics.median(speeds) if speeds else 0}
+
+
+def bench_race():
+    if not os.path.isfile(os.path.join("data", dataset, "meta.json")):
+        fail(f"no prepared data in data/{dataset}/ (run: python prepare.py --dataset={dataset})")
+    rows = [race_one(a, "a"), race_one(b, "b")]
+    print(f"race on data/{dataset}: target val loss {target}, budget {budget:.0f} s per run, device {device}")
+    print(f"{'config':<32}{'time to target':>16}{'iters':>7}{'best val ≤ budget':>19}{'final val':>11}"
+          f"{'tokens/s':>10}{'wall':>8}")
+    for r in rows:
+        ttt = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] is not None else "not reached"
+        print(f"{r['config']:<32}{ttt:>16}{str(r['iters_to_target'] or '-'):>7}{r['best_val_within_budget']:>19.4f}"
+              f"{r['final_val']:>11.4f}{r['median_tokens_per_s']:>10,.0f}{r['run_wall_s']:>7.1f}s")
+    ta, tb = rows[0]["time_to_target_s"], rows[1]["time_to_target_s"]
+    if ta and tb:
+        print(f"ratio (time to target, a / b): {ta / tb:.2f}x")
+    print(json.dumps(rows))
+
+
+def bench_sample():
+    try:
+        ckpt = load_checkpoint(out_dir, kinds=("pretrain", "instr"))
+        model, tok = model_from_checkpoint(ckpt, device)
+    except CheckpointError as e:
+        fail(e)
+    idx = torch.tensor([tok.encode("\n")], dtype=torch.long, device=device)  # batch 1
+    results, outputs = {}, {}
+    for use_cache in (True, False):
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            out = model.generate(idx, max_new_tokens, temperature=0.0, use_cache=use_cache)
+            times.append(time.perf_counter() - t0)
+        results[use_cache] = max_new_tokens / statistics.median(times)
+        outputs[use_cache] = out
+    same = torch.equal(outputs[True], outputs[False])
+    print(f"{out_dir}: {model.num_params():,} parameters, block_size {model.config.block_size}, "
+          f"{max_new_tokens} new tokens, batch 1, greedy, median of {runs} runs on {device}")
+    print(f"{'KV cache':<12}{'tokens/s':>10}")
+    print(f"{'on':<12}{results[True]:>10,.0f}")
+    print(f"{'off':<12}{results[False]:>10,.0f}")
+    print(f"speed-up {results[True] / results[False]:.1f}x | greedy outputs identical: {same}")
+    if not same:
+        fail("cached and uncached greedy outputs differ")
+
+
+torch.set_grad_enabled(mode == "train")
+if mode == "train":
+    bench_train()
+elif mode == "race":
+    bench_race()
+elif mode == "sample":
+    with torch.no_grad():
+        bench_sample()
+else:
+    fail(f"mode must be train, race or sample, got '{mode}'")
