@@ -288,8 +288,9 @@ def test_report(ckpt, texts, labels, source):
     majority = max(range(len(names)), key=lambda i: ckpt["label_counts"][i])
     b = scores(y, torch.full_like(y, majority), len(names))
     w = max(14, *(len(n) for n in names)) + 2
+    cfg = ckpt.get("config", {})
     print(f"\ntest: {len(y)} texts from {source}, {len(names)} labels, pool={ckpt['pool']}, "
-          f"freeze={ckpt.get('config', {}).get('freeze', '?')}, init_from={ckpt.get('config', {}).get('init_from', '?')}")
+          f"freeze={cfg.get('freeze', '?')}, init_from={cfg.get('init_from', '?')}")
     print(f"{'':<{w}}{'accuracy':>9}{'macro-F1':>10}")
     print(f"{'model':<{w}}{m['accuracy']:>9.3f}{m['macro_f1']:>10.3f}")
     print(f"{'majority class':<{w}}{b['accuracy']:>9.3f}{b['macro_f1']:>10.3f}   (always '{names[majority]}')")
@@ -297,7 +298,8 @@ def test_report(ckpt, texts, labels, source):
     for i, n in enumerate(names):
         print(f"{n:<{w}}{m['precision'][i]:>10.3f}{m['recall'][i]:>8.3f}{m['f1'][i]:>8.3f}{m['support'][i]:>9d}")
     cw = max(8, *(len(n) for n in names)) + 2
-    print(f"\nconfusion matrix (rows: true label, columns: predicted)\n{'':<{w}}" + "".join(f"{n:>{cw}}" for n in names))
+    print(f"\nconfusion matrix (rows: true label, columns: predicted)\n{'':<{w}}"
+          + "".join(f"{n:>{cw}}" for n in names))
     for i, n in enumerate(names):
         print(f"{n:<{w}}" + "".join(f"{c:>{cw}d}" for c in m["cm"][i].tolist()))
     return m
@@ -362,6 +364,7 @@ if os.path.exists(ckpt_path) and not overwrite:
     if old_kind != "cls":
         fail(f"{out_dir} holds a '{old_kind}' checkpoint (another task); use another --out_dir, "
              f"or --overwrite=True to replace it")
+    print(f"note: {ckpt_path} holds an earlier classifier; this run replaces it from its first evaluation on")
 
 splits = load_data(data)
 labels = sorted(set(splits["train"][1]))
@@ -413,7 +416,8 @@ weights = None
 if class_weights:  # inverse frequency, scaled so that balanced data gets weight 1 everywhere
     weights = (label_counts.sum() / (len(labels) * label_counts.clamp(min=1).float())).to(device)
 print(f"backbone {backbone.num_params():,} parameters ({init_from}), {sum(p.numel() for p in trainable):,} of them "
-      f"trainable (freeze={freeze}) | head {sum(p.numel() for p in head.parameters()):,} | pool={pool} | device {device}")
+      f"trainable (freeze={freeze}) | head {sum(p.numel() for p in head.parameters()):,} | pool={pool} | "
+      f"device {device}")
 if init_from == "scratch" and freeze != "none":
     print("note: a random backbone that stays (partly) frozen: its features are random, this is a lower bound")
 
@@ -474,6 +478,9 @@ batch_gen = torch.Generator().manual_seed(seed)  # the data order
 n_train, bs = len(seqs["train"]), min(batch_size, len(seqs["train"]))
 order, pos = torch.randperm(n_train, generator=batch_gen), 0
 history, best, best_iter, bad_evals, train_losses = [], None, None, 0, []
+threads = torch.get_num_threads()
+if cached:  # the head's matmuls are tiny: waking a second CPU thread for each costs more than the work
+    torch.set_num_threads(1)
 t_train = time.time()
 for it in range(max_iters + 1):
     if (it % eval_interval == 0 and it > 0) or it == max_iters or stop_signal:
@@ -492,7 +499,8 @@ for it in range(max_iters + 1):
             bad_evals += 1
         write_log()  # the first evaluation always saves, so this run owns out_dir by now
         eta = (max_iters - it) * (time.time() - t_train) / max(1, it)
-        print(f"eval {it}: train loss {'-' if train_loss is None else f'{train_loss:.4f}'} | val loss {val_loss:.4f}, accuracy {m['accuracy']:.3f}, "
+        shown = "-" if train_loss is None else f"{train_loss:.4f}"
+        print(f"eval {it}: train loss {shown} | val loss {val_loss:.4f}, accuracy {m['accuracy']:.3f}, "
               f"macro-F1 {m['macro_f1']:.3f} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
               + (" -> saved" if improved else ""), flush=True)
         if patience and bad_evals >= patience:
@@ -518,6 +526,7 @@ for it in range(max_iters + 1):
     optimizer.zero_grad(set_to_none=True)
     train_losses.append(loss.item())
 t_train = time.time() - t_train
+torch.set_num_threads(threads)
 print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {best_iter} -> {ckpt_path}")
 
 # test: the saved best checkpoint, read back exactly as --eval_only reads it ------------

@@ -16,14 +16,13 @@ import math
 import os
 import random
 import time
-import unicodedata
 
 import torch
 
 from configurator import configure, fail
 from model import (GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint,
                    pick_device, prompt_ids, save_checkpoint)
-from tokenizer import BASE_CHARS, CharTokenizer, clean_text
+from tokenizer import BASE_CHARS, CharTokenizer, clean_text, strip_accents
 
 # -----------------------------------------------------------------------------
 init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
@@ -43,6 +42,7 @@ grad_clip = 1.0
 dropout = 0.1
 eval_interval = 50
 patience = 4  # stop after this many evaluations without a better val loss
+augment_prob = 0.3  # chance of each prompt noise (lowercase, no accents, no ¿?, a typo); 0 = off
 max_new_tokens = 120  # answer length limit when evaluating
 # architecture for init_from='scratch' (a pretrained init brings its own)
 block_size = 256
@@ -108,23 +108,19 @@ def load_examples(path):
     return examples
 
 
-def strip_accents(s):
-    return "".join(c for c in unicodedata.normalize("NFD", s.lower()) if unicodedata.category(c) != "Mn")
-
-
 # the three seed facts and the key words a correct answer must contain (accents ignored)
 FACT_KEYS = {"fact:perro": ["canino", "canido", "canidae"], "fact:gato": ["felino", "felido", "felidae"],
              "fact:capital": ["san jose"]}
 
 
 def is_correct(kind, answer, expected):
-    a = strip_accents(answer)
+    a = strip_accents(answer.lower())
     hits = {k for k, words in FACT_KEYS.items() if any(w in a for w in words)}
     if kind in FACT_KEYS:  # its own key words, and none of the other facts'
         return hits == {kind}
     if kind == "abstain":
         return "no lo se" in a and not hits
-    return a.strip() == strip_accents(expected).strip()  # other facts: the exact answer
+    return a.strip() == strip_accents(expected.lower()).strip()  # other facts: the exact answer
 
 
 @torch.no_grad()
@@ -214,22 +210,44 @@ else:
 model.to(device).train()
 block = model.config.block_size
 
-# encode: x = ids[:-1], y = ids[1:], with y = -100 (ignored) wherever the next token is still
-# part of the prompt. The first kept target is the response's first character, predicted at <resp>.
-encoded, truncated = [], 0
-for p, r, _ in examples:
+
+
+def encode(p, r):
+    """x = ids[:-1], y = ids[1:], with y = -100 (ignored) wherever the next token is still part of
+    the prompt: the first kept target is the response's first character, predicted at <resp>."""
     ids, cut = tok.encode_instruction(p, r, max_len=block + 1)
-    truncated += cut > 0
     resp_pos = ids.index(tok.resp_id)
     y = ids[1:]
     y[:resp_pos] = [-100] * resp_pos
-    encoded.append((ids[:-1], y))
+    return ids[:-1], y, cut
+
+
+aug_rng = random.Random(seed)
+
+
+def augment(p):
+    """Noise people put in real questions: no capitals, no accents, no ¿?, a typo. Each training
+    step sees a different variant, so the model learns what a question asks, not its spelling."""
+    if aug_rng.random() < augment_prob:
+        p = p.lower()
+    if aug_rng.random() < augment_prob:
+        p = strip_accents(p)
+    if aug_rng.random() < augment_prob:
+        p = p.replace("¿", "").replace("¡", "").replace("?", "" if aug_rng.random() < 0.5 else "?")
+    if aug_rng.random() < augment_prob and len(p) > 3:  # one typo: drop, double or swap a letter
+        i, op = aug_rng.randrange(len(p) - 1), aug_rng.randrange(3)
+        p = p[:i] + p[i + 1:] if op == 0 else p[:i] + p[i] + p[i:] if op == 1 else p[:i] + p[i + 1] + p[i] + p[i + 2:]
+    return p
+
+
+truncated = sum(encode(p, r)[2] > 0 for p, r, _ in examples)
 if truncated:
     print(f"{truncated} example(s) longer than block_size={block}: prompts truncated from the left")
-order = list(range(len(encoded)))
+order = list(range(len(examples)))
 random.Random(seed).shuffle(order)
 n_val = max(1, int(len(order) * val_fraction)) if len(order) > 1 else 0
-val_set, train_set = [encoded[i] for i in order[:n_val]], [encoded[i] for i in order[n_val:]]
+val_set = [encode(*examples[i][:2])[:2] for i in order[:n_val]]  # validation: the prompts as written
+train_set = [examples[i][:2] for i in order[n_val:]]
 print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.num_params():,} parameters")
 
 
@@ -293,7 +311,7 @@ for it in range(max_iters + 1):
         group["lr"] = lr
     if len(perm) < batch_size:  # a fresh shuffled pass over the training set
         perm += torch.randperm(len(train_set), generator=gen).tolist()
-    X, Y = collate([train_set[i] for i in perm[:batch_size]])
+    X, Y = collate([encode(augment(p), r)[:2] for p, r in (train_set[i] for i in perm[:batch_size])])
     perm = perm[batch_size:]
     with ctx:
         _, loss = model(X, Y)

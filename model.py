@@ -40,14 +40,11 @@ def make_norm(cfg):
     return nn.RMSNorm(cfg.n_embd) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
 
 
-def rope(x, pos0):
+def rope(x, cos, sin):
     """Rotary position embedding: rotate pairs of channels of q or k (B, nh, T, hs) by an angle
     that grows with the position, so q.k depends on how far apart two tokens are."""
-    T, hs = x.size(-2), x.size(-1)
-    freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, device=x.device, dtype=torch.float32) / hs))  # (hs/2,)
-    ang = torch.arange(pos0, pos0 + T, device=x.device, dtype=torch.float32)[:, None] * freq  # (T, hs/2)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
+    h = x.size(-1) // 2
+    x1, x2 = x[..., :h], x[..., h:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
@@ -64,6 +61,12 @@ class CausalSelfAttention(nn.Module):
         # mask[i, j] = 1 where query i may look at key j (j <= i): the model never sees the future
         mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
         self.register_buffer("mask", mask.view(1, 1, cfg.block_size, cfg.block_size), persistent=False)
+        if self.rope:  # rotation angles for every position: (block_size, hs/2)
+            hs = cfg.n_embd // cfg.n_head
+            freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+            ang = torch.arange(cfg.block_size, dtype=torch.float32)[:, None] * freq
+            self.register_buffer("cos", ang.cos(), persistent=False)
+            self.register_buffer("sin", ang.sin(), persistent=False)
         self.record = False  # set True to keep the attention weights in self.att (the app's heatmap)
         self.att = None
 
@@ -78,7 +81,8 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
         if self.rope:  # positions continue after what the cache already holds
             pos0 = cache["k"].size(2) if cache is not None and "k" in cache else 0
-            q, k = rope(q, pos0), rope(k, pos0)
+            cos, sin = self.cos[pos0:pos0 + T].to(q.dtype), self.sin[pos0:pos0 + T].to(q.dtype)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)  # (B, nh, Tk, hs)

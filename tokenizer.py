@@ -24,6 +24,13 @@ def clean_text(text, lowercase=False):
     return text.lower() if lowercase else text
 
 
+def strip_accents(text):
+    """á -> a, ü -> u, ... but ñ stays ñ (in Spanish a letter of its own, not an accented n)."""
+    text = unicodedata.normalize("NFC", text).replace("ñ", "\0").replace("Ñ", "\1")
+    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
+    return unicodedata.normalize("NFC", text).replace("\0", "ñ").replace("\1", "Ñ")
+
+
 class CharTokenizer:
     def __init__(self, vocab):
         # vocab: list of strings, SPECIALS first, then single characters

@@ -56,6 +56,7 @@ weight_decay = 0.1
 beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0
+muon_lr = 0.0  # > 0: train the blocks' weight matrices with Muon at this learning rate (AdamW for the rest)
 warmup_iters = 100
 lr_decay_iters = 2000
 min_lr = 1e-4
@@ -153,9 +154,47 @@ model = GPT(GPTConfig(**model_args))
 if resumed:
     model.load_state_dict(resumed["model"])
 model.to(device)
-optimizer = model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon: SGD momentum whose update, a matrix, is orthogonalized (its singular values pushed
+    towards 1 by five Newton-Schulz steps), so every direction of a weight matrix learns at a
+    similar speed. For the 2-D weights inside the blocks only; embeddings and gains keep AdamW."""
+
+    def __init__(self, params, lr, momentum=0.95):
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                buf.mul_(group["momentum"]).add_(p.grad)
+                X = p.grad.add(buf, alpha=group["momentum"])  # Nesterov momentum, (out, in)
+                X = X / (X.norm() + 1e-7)  # now every singular value is <= 1
+                tall = X.size(0) > X.size(1)
+                X = X.T if tall else X
+                for _ in range(5):  # quintic Newton-Schulz iteration (coefficients from the Muon authors)
+                    A = X @ X.T
+                    X = 3.4445 * X + (-4.7750 * A + 2.0315 * A @ A) @ X
+                X = X.T if tall else X
+                p.add_(X, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+
+
+if muon_lr > 0:
+    matrices = [p for n, p in model.named_parameters() if n.startswith("h.") and p.dim() == 2]
+    rest = [p for n, p in model.named_parameters() if not (n.startswith("h.") and p.dim() == 2)]
+    optimizers = [Muon(matrices, lr=muon_lr),
+                  torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                                     {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                                    lr=learning_rate, betas=(beta1, beta2))]
+else:
+    optimizers = [model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)]
 if resumed:
-    optimizer.load_state_dict(resumed["optimizer"])
+    for opt, state in zip(optimizers, resumed["optimizer"]):
+        opt.load_state_dict(state)
     rng = resumed["rng"]
     torch.set_rng_state(rng["torch"])
     batch_gen.set_state(rng["batch"])
@@ -211,7 +250,7 @@ def save(path):
     save_checkpoint({
         "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), "vocab": vocab,
         "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": [opt.state_dict() for opt in optimizers],
         # every random source, so a resumed run continues exactly like an uninterrupted one
         "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state(), "python": random.getstate(),
                 "numpy": (torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])},
@@ -239,8 +278,9 @@ start_iter = iter_num
 train_time = 0.0  # seconds spent training, without evaluations (for max_seconds)
 while True:
     lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    for opt in optimizers:  # Muon's rate follows the same schedule, scaled
+        for group in opt.param_groups:
+            group["lr"] = lr * (muon_lr / learning_rate if isinstance(opt, Muon) else 1.0)
     last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop_signal
     if master and ((iter_num % eval_interval == 0 and iter_num != start_iter) or last_step):
         losses = estimate_loss()
@@ -279,8 +319,9 @@ while True:
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
     if grad_clip > 0.0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     train_time += time.time() - tstep
     iter_num += 1
 

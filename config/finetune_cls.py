@@ -1,11 +1,13 @@
-# Sentiment classification (positivo / negativo) on top of the pretrained GPT in out/ (make demo).
-# The backbone stays frozen: its vectors are computed once and only a linear head trains, so the
-# whole run (train + test) takes about a minute on 2 CPU cores. See the README for the other modes.
+# Sentiment classification (positivo / negativo) on the pretrained GPT in out/: the run of `make demo`.
+# Measured on the shipped data (3 seeds, README): the last block + final LayerNorm trainable with mean
+# pooling is the one setting clearly above the majority baseline (test accuracy ~0.67 vs 0.50), in
+# about 40 s on 2 CPU cores. freeze='backbone' (the script's default) takes ~3 s but stays near 0.54.
 init_from = "out"
 out_dir = "out-cls"
 data = "data/es/sentiment"
-pool = "last"
-freeze = "backbone"
+pool = "mean"
+freeze = "last_n"
+unfreeze_last = 1
 max_iters = 600
 eval_interval = 25
 patience = 6

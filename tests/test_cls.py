@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, run
+from conftest import ROOT, assert_one_line_error
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 from tokenizer import SPECIALS
 
@@ -39,13 +39,22 @@ def make_classifier(path, base, pool, seed=0):
                      "label_counts": [1, 1, 1], "pool": pool}, str(path / "ckpt.pt"))
 
 
+# one thread per run: these tiny models gain nothing from a second one, and a busy machine makes
+# two-thread runs stall on each other
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "finetune_cls.py"), *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=240)
+
+
 def run_all(cases, cwd, jobs=2):
-    """Run finetune_cls.py once per argument list, two at a time with one thread each: start-up
-    (importing torch) dominates these short runs, and two of them overlap well on 2 cores."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """Run finetune_cls.py once per argument list, two at a time: start-up (importing torch) dominates
+    these short runs, and two of them overlap well on 2 cores."""
     out = []
     for i in range(0, len(cases), jobs):
-        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "finetune_cls.py"), *args], cwd=cwd, env=env,
+        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "finetune_cls.py"), *args], cwd=cwd, env=ENV,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for args in cases[i:i + jobs]]
         for p in procs:
@@ -87,7 +96,7 @@ def env(tmp_path_factory):
     make_backbone(d / "base")
     lines = ["text,label"] + [f"{t},{lab}" for t, lab in ab_rows(200, seed=1)]
     (d / "ab.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    p = run("finetune_cls.py", "--init_from=base", "--data=ab.csv", "--out_dir=cls_last", "--pool=last",
+    p = run("--init_from=base", "--data=ab.csv", "--out_dir=cls_last", "--pool=last",
             "--freeze=backbone", "--max_iters=50", "--eval_interval=25", "--learning_rate=0.02", *FAST, cwd=d)
     assert p.returncode == 0, p.stdout + p.stderr
     return d, p
@@ -106,7 +115,7 @@ def test_end_to_end_learns_separable_task_and_eval_only_agrees(env):
     assert [h["iter"] for h in log] == [25, 50] and all(0 <= h["val_macro_f1"] <= 1 for h in log)
     # 200 rows, 70/10/20 stratified: 40 test texts, 20 of each label
     assert "140 train, 20 val, 40 test" in p.stdout
-    e = run("finetune_cls.py", "--eval_only=True", "--out_dir=cls_last", "--data=ab.csv", *FAST, cwd=d)
+    e = run("--eval_only=True", "--out_dir=cls_last", "--data=ab.csv", *FAST, cwd=d)
     assert e.returncode == 0, e.stderr
     assert parse_scores(e.stdout) == (acc, f1)
 
@@ -118,7 +127,7 @@ def test_label_mapping_round_trips_through_checkpoint(env):
     assert ckpt["pool"] == "last" and ckpt["label_counts"] == [70, 70]
     assert ckpt["model"]["head.weight"].shape == (2, 16) and ckpt["model"]["head.bias"].shape == (2,)
     assert {"iter", "val_loss", "val_accuracy", "val_macro_f1"} <= set(ckpt["history"][0])
-    p = run("finetune_cls.py", "--out_dir=cls_last", "--predict=aaaaaaa", *FAST, cwd=d)
+    p = run("--out_dir=cls_last", "--predict=aaaaaaa", *FAST, cwd=d)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == "zeta"  # 'a' texts were labelled zeta: id 1 maps back to its name
@@ -126,7 +135,7 @@ def test_label_mapping_round_trips_through_checkpoint(env):
     assert set(probs) == {"alfa", "zeta"} and float(probs["zeta"]) > 0.5
     assert abs(sum(map(float, probs.values())) - 1) < 1e-3
     (d / "many.txt").write_text("bbbb\n\naaa\n", encoding="utf-8")
-    p = run("finetune_cls.py", "--out_dir=cls_last", "--predict_file=many.txt", *FAST, cwd=d)
+    p = run("--out_dir=cls_last", "--predict_file=many.txt", *FAST, cwd=d)
     assert p.returncode == 0, p.stderr
     rows = [line.split("\t") for line in p.stdout.splitlines()]
     assert rows[0] == ["label", "p(alfa)", "p(zeta)", "text"]
@@ -148,7 +157,7 @@ def test_padding_and_truncation(env, pool):
     # and [SHORT] alone (no padding)
     texts = [SHORT, LONG, TAIL, TRUNC, TRUNC[:32], LONG, SHORT]
     (d / f"pad_{pool}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    p = run("finetune_cls.py", f"--out_dir=hand_{pool}", f"--predict_file=pad_{pool}.txt", "--batch_size=2",
+    p = run(f"--out_dir=hand_{pool}", f"--predict_file=pad_{pool}.txt", "--batch_size=2",
             *FAST, cwd=d)
     assert p.returncode == 0, p.stderr
     probs = [[float(x) for x in line.split("\t")[1:-1]] for line in p.stdout.splitlines()[1:]]

@@ -135,9 +135,23 @@ def test_causality(use_sdpa):
     assert not torch.allclose(a[:, 8:], b[:, 8:])
 
 
+ARCHS = [{}, {"pos": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "tie_weights": False, "bias": False}]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_arch_options_explicit_and_sdpa_agree(arch):
+    m1, m2 = _model(use_sdpa=True, **arch), _model(use_sdpa=False, **arch)
+    m2.load_state_dict(m1.state_dict())
+    idx = torch.randint(0, 23, (2, 16))
+    assert torch.allclose(m1(idx)[0], m2(idx)[0], atol=1e-5)
+    if arch:
+        assert m1.wpe is None and m1.lm_head.weight is not m1.wte.weight
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("prompt_len", [1, 5, 16, 20])
-def test_kv_cache_greedy_equals_uncached_past_block_size(prompt_len):
-    m = _model(seed=3)
+def test_kv_cache_greedy_equals_uncached_past_block_size(prompt_len, arch):
+    m = _model(seed=3, **arch)
     idx = torch.randint(0, 23, (2, prompt_len))
     a = m.generate(idx, 40, temperature=0.0, use_cache=True)  # 40 new tokens >> block_size 16
     b = m.generate(idx, 40, temperature=0.0, use_cache=False)
