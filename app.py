@@ -86,7 +86,9 @@ OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", 
                   "veterinario", "receta", "traduce", "traducir", "ingles", "frances", "aleman", "italiano",
                   "portugues", "japones", "significa", "significado", "palabra", "mas", "menos", "mejor",
                   "peor", "enfermedad", "vacuna", "vacunas", "cuidar", "cuido", "adoptar", "comprar",
-                  "cuesta", "precio", "nombre", "llama", "llaman", "sueño", "soñar",
+                  "cuesta", "precio", "nombre", "llama", "llaman", "sueño", "soñar", "año", "dejo",
+                  "flor", "arbol", "ave", "bandera", "himno", "escudo", "idioma", "lengua", "presidente",
+                  "playa", "playas",
                   # a qualified capital is another question: "capital cultural", "capital mundial del café"
                   "cultural", "economica", "financiera", "turistica", "mundial", "gastronomica",
                   "historica", "colonial", "provincial"})
@@ -425,7 +427,6 @@ def main():
     import streamlit as st
 
     from model import CheckpointError, answer_stream, load_checkpoint, model_from_checkpoint, pick_device
-    from model import prompt_ids as model_prompt_ids
     from tokenizer import clean_text
 
     st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")
@@ -566,6 +567,8 @@ def answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temper
             st.markdown(escape_md(FAQ[key]))
             return {"role": "assistant", "source": "FAQ", "content": FAQ[key], "rule": why,
                     "latency": time.perf_counter() - t0, "tokens": 0}
+    from model import prompt_ids as model_prompt_ids
+
     bs = model.config.block_size
     # the same prompt ids answer_stream builds (for the raw trace and "Mirar dentro")
     prompt_ids, cut = model_prompt_ids(tok, prompt, bs, max_new)

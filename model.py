@@ -8,6 +8,7 @@ Also here: generate() with a KV cache, and the checkpoint helpers every script u
 """
 import math
 import os
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -315,7 +316,9 @@ def load_checkpoint(path, kinds=KINDS):
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path} (train one first, e.g. python train.py)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+        with warnings.catch_warnings():  # a damaged file makes torch warn before it fails: one message is enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model", "vocab")):

@@ -47,8 +47,9 @@ def build_tiny_checkpoints(root, steps=150, seed=0):
     cfg = GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=32)
     model = GPT(cfg)
     facts = {}
-    for r in instruction_rows("train"):
-        facts.setdefault(r["kind"], r)
+    for r in instruction_rows("train"):  # the shortest prompt of each kind (fits block_size 128)
+        if r["kind"] not in facts or len(r["prompt"]) < len(facts[r["kind"]]["prompt"]):
+            facts[r["kind"]] = r
     seqs = [tok.encode_instruction(r["prompt"], r["response"])[0] for k, r in sorted(facts.items())]
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), tok.pad_id)

@@ -111,8 +111,8 @@ def test_corrupt_and_wrong_kind_checkpoints(tiny_run, tmp_path):
 
 def test_vocabulary_mismatch_on_resume(tiny_run, tmp_path):
     (tmp_path / "other.txt").write_text("xyz ∑∂ " * 400, encoding="utf-8")
-    assert run("prepare.py", "--input=other.txt", "--dataset=other", "--data_root=../" + tmp_path.name + "/data",
-               cwd=tiny_run).returncode == 0
+    p = run("prepare.py", f"--input={tmp_path / 'other.txt'}", "--dataset=other", f"--data_root={tmp_path / 'data'}")
+    assert p.returncode == 0, p.stderr
     before = digest(tiny_run / "out")
     p = run("train.py", TINY, f"--data_root={tmp_path / 'data'}", "--dataset=other", "--out_dir=out",
             "--init_from=resume", cwd=tiny_run)

@@ -25,7 +25,7 @@ def test_loss_mask_covers_exactly_response_and_eos():
     assert kept == tok.encode("sí") + [tok.eos_id]
     # truncation keeps the end of a long prompt and the whole response
     ids, cut = tok.encode_instruction("x" * 50 + "¿pregunta?", "respuesta", max_len=30)
-    assert len(ids) == 30 and cut == 50 + 11 + 9 + 3 - 30
+    assert len(ids) == 30 and cut == (1 + 60 + 1 + 9 + 1) - 30  # <instr> prompt <resp> response <eos>
     assert tok.decode(ids).endswith("¿pregunta?respuesta")
 
 
