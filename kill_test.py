@@ -65,7 +65,11 @@ def progress():
     reached = 0
     if os.path.exists(os.path.join(work, "run", "log.jsonl")):
         with open(os.path.join(work, "run", "log.jsonl")) as f:
-            reached = max([json.loads(line)["iter"] for line in f if line.strip()] or [0])
+            for line in f:
+                try:
+                    reached = max(reached, json.loads(line)["iter"])
+                except (ValueError, KeyError):
+                    pass  # a line cut by the kill
     path = os.path.join(work, "run", "last.pt")
     return reached, torch.load(path, weights_only=True)["iter_num"] if os.path.exists(path) else 0
 

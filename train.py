@@ -239,10 +239,17 @@ def estimate_loss():
     return out
 
 
-def write_log():
-    with open(os.path.join(out_dir, "log.jsonl.tmp"), "w") as f:
+def write_log(append=None):
+    """At a checkpoint: rewrite the whole log atomically (it then matches last.pt, also after a
+    resume). In between: append one line with a single write."""
+    path = os.path.join(out_dir, "log.jsonl")
+    if append is not None and os.path.exists(path):
+        with open(path, "a") as f:
+            f.write(json.dumps(append) + "\n")
+        return
+    with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(h) + "\n" for h in history)
-    os.replace(os.path.join(out_dir, "log.jsonl.tmp"), os.path.join(out_dir, "log.jsonl"))
+    os.replace(path + ".tmp", path)
 
 
 def save(path):
@@ -334,7 +341,7 @@ while True:
         print(f"iter {iter_num}/{max_iters} | loss {lossf:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
               f"{dt * 1000:.0f} ms/iter | ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
         history.append({"iter": iter_num, "loss": lossf, "lr": lr, "tokens_per_s": round(tok_s)})
-        write_log()
+        write_log(append=history[-1])
 
 if master:
     print(f"done: best val loss {best_val_loss:.4f} nats/token ({best_val_loss / math.log(2):.3f} bits/char), "
