@@ -96,10 +96,8 @@ class CausalSelfAttention(nn.Module):
         if self.use_sdpa and not self.record:
             # one fused kernel (flash / memory-efficient where available), same math as below;
             # is_causal (T == Tk) and no mask at all (a single new token) pick the fastest kernels
-            if T == Tk:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T == 1 else mask, dropout_p=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T in (1, Tk) else mask,
+                                               is_causal=T == Tk, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk) similarity scores
             att = att.masked_fill(~mask, float("-inf"))  # causal: no peeking at later tokens
@@ -153,23 +151,19 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying: reading and writing tokens share a table
-        # GPT-2 init: N(0, 0.02), residual projections scaled down so the residual stream
-        # does not grow with depth
+        # GPT-2 init: N(0, 0.02), residual projections scaled down so the residual stream stays small
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     def _init_weights(self, m):
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
-    def num_params(self):
-        # position embeddings are counted; the tied lm_head is the same tensor as wte
+    def num_params(self):  # position embeddings count; a tied lm_head is the same tensor as wte
         return sum(p.numel() for p in self.parameters())
 
     def hidden_states(self, idx, caches=None, pos0=0):
@@ -189,10 +183,9 @@ class GPT(nn.Module):
         """idx (B, T) -> logits (B, T, V); with targets (B, T), also the mean cross-entropy.
         Targets equal to -100 (prompt, padding) are ignored by the loss."""
         logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
         # decay the matrices (matmuls, embeddings); never biases or norm gains
@@ -265,15 +258,12 @@ def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k
         yield tok.decode([t.item()])
 
 
-# ----------------------------------------------------------------------------------------
-# devices, precision and checkpoints: shared by every script
+# ---------------------------------------- devices, precision and checkpoints: shared by every script
 
 
 def pick_device(name="auto"):
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but no CUDA GPU is available (use --device=cpu)")
     if name == "mps" and not torch.backends.mps.is_available():
@@ -299,9 +289,6 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or of the wrong kind (one clear message)."""
 
 
-KINDS = ("pretrain", "instr", "cls")
-
-
 def save_checkpoint(ckpt, path):
     """Write atomically: a crash mid-write leaves the previous file intact."""
     tmp = path + ".tmp"
@@ -309,7 +296,7 @@ def save_checkpoint(ckpt, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, kinds=KINDS):
+def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
     """Load a checkpoint file (or out_dir/ckpt.pt) safely: tensors and plain types only."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")

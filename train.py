@@ -289,7 +289,8 @@ while True:
         for group in opt.param_groups:
             group["lr"] = lr * (muon_lr / learning_rate if isinstance(opt, Muon) else 1.0)
     last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop_signal
-    if master and ((iter_num % eval_interval == 0 and iter_num != start_iter) or last_step):
+    # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
+    if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         losses = estimate_loss()
         print(f"eval {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f} nats/token "
               f"({losses['val'] / math.log(2):.3f} bits/char)")

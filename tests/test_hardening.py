@@ -67,11 +67,11 @@ def test_sigterm_saves_and_exits_cleanly(tiny_run):
 
 
 def test_kill_test_small():
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "kill_test.py"), "--kills=3", "--max_iters=80"],
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "kill_test.py"), "--kills=3", "--max_iters=400"],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     report = json.loads([line for line in p.stdout.splitlines() if line.startswith("{")][-1])
-    assert report["finished_at"] == 80 and report["same_final_weights_as_uninterrupted"]
+    assert report["kills"] >= 1 and report["finished_at"] == 400 and report["same_final_weights_as_uninterrupted"]
     assert report["max_lost_iterations"] <= report["checkpoint_interval"]
 
 
