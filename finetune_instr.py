@@ -44,11 +44,11 @@ eval_interval = 50
 patience = 4  # stop after this many evaluations without a better val loss
 augment_prob = 0.3  # chance of each prompt noise (lowercase, no accents, no ¿?, a typo); 0 = off
 max_new_tokens = 120  # answer length limit when evaluating
-# architecture for init_from='scratch' (a pretrained init brings its own)
+# architecture for init_from='scratch' (a pretrained init brings its own): config/pretrain_char.py's
 block_size = 256
 n_layer = 4
-n_head = 6
-n_embd = 192
+n_head = 4
+n_embd = 128
 device = "auto"
 dtype = "auto"
 seed = 1337
