@@ -15,11 +15,14 @@ Rules: unknown keys fail and name the closest known keys; types must match the
 default (an int where a float is expected is fine, bools accept True/False/true/false,
 a default of None accepts anything). Every error is one line on stderr, exit code 2.
 
-This file also holds fail(), the one-line-error-and-exit used by every script.
+This file also holds the small CLI helpers every script shares: fail() (one clear line, exit),
+jsonl_objects() and catch_stop_signals().
 """
 import ast
 import difflib
+import json
 import os
+import signal
 import sys
 
 _SIMPLE = (bool, int, float, str, tuple, list, dict, type(None))
@@ -29,6 +32,33 @@ def fail(msg, code=1):
     """Print one clear line on stderr and exit non-zero (no traceback)."""
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
+
+
+def jsonl_objects(path, text):
+    """(line number, object) for each non-empty line of a JSONL text; invalid JSON stops the run."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError:
+                fail(f"{path} line {n}: not valid JSON")
+
+
+def catch_stop_signals():
+    """Ctrl-C (SIGINT) and kill (SIGTERM) set stop["signal"] instead of ending the process, so a
+    training loop can finish its step, save and exit cleanly (stop_exit_code() gives 130 or 143)."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def stop_exit_code(stop):
+    return 130 if stop["signal"] == signal.SIGINT else 143
 
 
 def _coerce(key, value, default):

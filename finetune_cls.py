@@ -23,7 +23,6 @@ import io
 import json
 import os
 import random
-import signal
 import sys
 import time
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import configure, fail
+from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
 from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint, \
     pick_device, save_checkpoint
 from tokenizer import CharTokenizer, clean_text
@@ -118,13 +117,7 @@ def read_table(path):
         fail(f"{path} is empty")
     if ext == ".jsonl":
         rows = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                fail(f"{path} line {n}: not valid JSON")
+        for n, obj in jsonl_objects(path, raw):
             if not isinstance(obj, dict):
                 fail(f"{path} line {n}: expected a JSON object like {{\"{text_col}\": ..., \"{label_col}\": ...}}")
             rows.append((n, obj))
@@ -461,16 +454,7 @@ def write_log():
 
 
 # Ctrl-C / kill stop the training loop; the best checkpoint so far is then scored as usual
-stop_signal = None
-
-
-def on_signal(signum, frame):
-    global stop_signal
-    stop_signal = signum
-
-
-signal.signal(signal.SIGINT, on_signal)
-signal.signal(signal.SIGTERM, on_signal)
+stop = catch_stop_signals()
 
 # training loop ---------------------------------------------------------------
 os.makedirs(out_dir, exist_ok=True)
@@ -483,7 +467,7 @@ if cached:  # the head's matmuls are tiny: waking a second CPU thread for each c
     torch.set_num_threads(1)
 t_train = time.time()
 for it in range(max_iters + 1):
-    if (it % eval_interval == 0 and it > 0) or it == max_iters or stop_signal:
+    if (it % eval_interval == 0 and it > 0) or it == max_iters or stop["signal"]:
         val_loss, m = evaluate("val")
         train_loss = sum(train_losses) / len(train_losses) if train_losses else None
         train_losses = []
@@ -506,7 +490,7 @@ for it in range(max_iters + 1):
         if patience and bad_evals >= patience:
             print(f"early stop: no better val {metric} in {patience} evaluations")
             break
-    if it == max_iters or stop_signal:
+    if it == max_iters or stop["signal"]:
         break
 
     if pos + bs > n_train:  # a new epoch: a new shuffled order, every text once per epoch
@@ -533,5 +517,5 @@ print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {b
 ckpt, backbone, head, tok = load_classifier(out_dir)
 test_report(ckpt, *splits["test"], data)
 print(f"\nwall time {time.time() - t_start:.1f}s (training {t_train:.1f}s)")
-if stop_signal:
-    raise SystemExit(130 if stop_signal == signal.SIGINT else 143)
+if stop["signal"]:
+    raise SystemExit(stop_exit_code(stop))

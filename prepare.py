@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 
-from configurator import configure, fail
+from configurator import configure, fail, jsonl_objects
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
@@ -65,13 +65,7 @@ def read_source(path):
     if path.endswith(".jsonl"):
         text, raw = read_text_file(path)
         docs = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                fail(f"{path} line {n}: not valid JSON")
+        for n, obj in jsonl_objects(path, text):
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 fail(f"{path} line {n}: expected an object with a string 'text' field")
             docs.append(obj["text"])

@@ -15,13 +15,12 @@ import json
 import math
 import os
 import random
-import signal
 import time
 
 import numpy as np
 import torch
 
-from configurator import configure, fail
+from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, pick_device, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -266,16 +265,7 @@ def save(path):
 
 # a Ctrl-C or kill (SIGTERM) asks the loop to stop at the end of the current iteration,
 # save last.pt and exit cleanly
-stop_signal = None
-
-
-def on_signal(signum, frame):
-    global stop_signal
-    stop_signal = signum
-
-
-signal.signal(signal.SIGINT, on_signal)
-signal.signal(signal.SIGTERM, on_signal)
+stop = catch_stop_signals()
 
 # training loop ---------------------------------------------------------------
 if master:
@@ -288,7 +278,7 @@ while True:
     for opt in optimizers:  # Muon's rate follows the same schedule, scaled
         for group in opt.param_groups:
             group["lr"] = lr * (muon_lr / learning_rate if isinstance(opt, Muon) else 1.0)
-    last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop_signal
+    last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop["signal"]
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         losses = estimate_loss()
@@ -349,5 +339,5 @@ if master:
           f"{time.time() - t_start:.1f}s -> {ckpt_path}")
 if ddp:
     destroy_process_group()
-if stop_signal:
-    raise SystemExit(130 if stop_signal == signal.SIGINT else 143)
+if stop["signal"]:
+    raise SystemExit(stop_exit_code(stop))
