@@ -45,7 +45,8 @@ def test_ddp_two_processes_match_single_process(tiny_run):
     single = subprocess.run([sys.executable, *common, "--out_dir=single"], cwd=tiny_run, capture_output=True,
                             text=True, timeout=240)
     assert single.returncode == 0, single.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # one thread per rank (2 ranks on 2 cores), and gloo on the loopback interface only
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *common, "--out_dir=ddp"],
                          cwd=tiny_run, capture_output=True, text=True, timeout=240, env=env)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
