@@ -93,14 +93,10 @@ def test_corrupt_and_wrong_kind_checkpoints(tiny_run, tmp_path):
     assert "corrupt" in assert_one_line_error(run("sample.py", f"--out_dir={bad}", cwd=tmp_path))
     (bad / "ckpt.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
     assert "corrupt" in assert_one_line_error(run("sample.py", f"--out_dir={bad}", cwd=tmp_path))
-    # a pickle that would run code on load is refused by weights_only=True
-    import pickle
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {tmp_path / 'pwned'}",))
-
-    (bad / "ckpt.pt").write_bytes(pickle.dumps({"kind": Evil()}))
+    # a hand-made pickle stream that calls os.system on load (GLOBAL posix.system, then REDUCE):
+    # weights_only=True refuses it
+    payload = f"cposix\nsystem\n(S'touch {tmp_path / 'pwned'}'\ntR.".encode()
+    (bad / "ckpt.pt").write_bytes(payload)
     assert_one_line_error(run("sample.py", f"--out_dir={bad}", cwd=tmp_path))
     assert not (tmp_path / "pwned").exists()
     # a pretrained checkpoint where an instruction model is needed
