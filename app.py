@@ -25,6 +25,8 @@ import threading
 import time
 import unicodedata
 
+from tokenizer import strip_accents  # stdlib only: importing app stays light
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_PROMPT_CHARS = 500
 
@@ -39,9 +41,7 @@ FAQ = {
 
 def normalize(text):
     """Lowercase, accents stripped (ñ kept), punctuation removed, whitespace collapsed."""
-    text = unicodedata.normalize("NFC", text).lower().replace("ñ", "\0")
-    text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    text = unicodedata.normalize("NFC", text).replace("\0", "ñ")
+    text = strip_accents(unicodedata.normalize("NFC", text).lower())
     text = text.replace("=", " = ")  # "perros = caninos" keeps its copula
     text = "".join(c if c.isalnum() or c in " =" else " " for c in text)
     return " ".join(text.split())
