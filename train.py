@@ -337,7 +337,8 @@ while True:
 if master:
     print(f"done: best val loss {best_val_loss:.4f} nats/token ({best_val_loss / math.log(2):.3f} bits/char), "
           f"{time.time() - t_start:.1f}s -> {ckpt_path}")
-if ddp:
+if ddp:  # leave together: a rank tearing gloo down while another still talks to it aborts
+    torch.distributed.barrier()
     destroy_process_group()
 if stop["signal"]:
     raise SystemExit(stop_exit_code(stop))
