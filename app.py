@@ -59,8 +59,9 @@ def _forms(*words):
 
 
 # what is asked about
-DOG = _forms("perro", "perrito", "can", "cachorro")
-CAT = _forms("gato", "gatito", "minino", "michi", "gatico")
+DOG = _forms("perro", "perrito", "can", "cachorro", "cachorrito", "chucho", "lomito") | {"firulais"} \
+    | _forms("labrador", "chihuahua", "bulldog", "pug", "caniche", "poodle", "beagle", "dalmata")  # breeds are dogs
+CAT = _forms("gato", "gatito", "minino", "michi", "gatico", "micho", "morrongo") | {"siames", "angora"}
 CANINE = _forms("canino", "canido") | {"canidae"}
 FELINE = _forms("felino", "felido") | {"felidae"}
 COUNTRY = {"costarica", "costarrica", "cr", "tiquicia"} | _forms("tico", "costarricense")
@@ -69,13 +70,18 @@ SEAT = {"poderes", "sede"}  # and gobiern*: "¿en qué ciudad está el gobierno 
 # other entities: an animal of the same families, another country or place
 OTHER_ANIMALS = _forms("lobo", "zorro", "coyote", "chacal", "dingo", "hiena", "tigre", "leon", "jaguar",
                        "puma", "guepardo", "lince", "leopardo", "pantera", "ocelote", "oso", "vaca", "caballo",
-                       "raton", "conejo", "pajaro", "pez", "delfin", "mapache", "zorrillo", "gallina")
+                       "raton", "conejo", "pajaro", "pez", "delfin", "mapache", "zorrillo", "gallina",
+                       "elefante", "jirafa", "murcielago", "tejon", "nutria", "comadreja", "coati", "mangosta",
+                       "foca", "ballena", "mono", "perezoso", "tucan", "iguana", "cocodrilo", "ardilla", "rata",
+                       "huron", "armadillo", "hormiguero", "danta", "pinguino", "loro", "tortuga", "serval",
+                       "caracal", "margay", "manigordo", "yaguarundi", "tigrillo", "fenec", "licaon", "aguara",
+                       "culpeo", "leona") | {"salvaje", "salvajes", "montes"}  # a wild dog or cat is another animal
 OTHER_PLACES = {"panama", "nicaragua", "honduras", "guatemala", "salvador", "belice", "mexico", "cuba",
                 "colombia", "venezuela", "ecuador", "peru", "bolivia", "chile", "argentina", "uruguay",
                 "paraguay", "brasil", "españa", "francia", "italia", "portugal", "alemania", "eeuu", "usa",
                 "dominicana", "haiti", "jamaica", "canada", "california", "marfil"} | _forms("provincia", "canton")
 # "capital de X": X must be Costa Rica (or "el país", "la república" ... of it)
-CAPITAL_OF_OK = {"pais", "republica", "estado", "nacion"}
+CAPITAL_OF_OK = {"pais", "republica", "estado", "nacion", "tierra"}
 # other intents: quantity, time, cause, who, food, age, body, people, history, weather, language, ...
 OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", "quien", "quienes", "comer",
                   "come", "comen", "comida", "alimento", "raza", "razas", "edad", "años", "vive", "viven",
@@ -88,7 +94,7 @@ OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", 
                   "peor", "enfermedad", "vacuna", "vacunas", "cuidar", "cuido", "adoptar", "comprar",
                   "cuesta", "precio", "nombre", "llama", "llaman", "sueño", "soñar", "año", "dejo",
                   "flor", "arbol", "ave", "bandera", "himno", "escudo", "idioma", "lengua", "presidente",
-                  "playa", "playas",
+                  "playa", "playas", "pib", "economia", "bebida", "plato", "tipica", "tipico",
                   # a qualified capital is another question: "capital cultural", "capital mundial del café"
                   "cultural", "economica", "financiera", "turistica", "mundial", "gastronomica",
                   "historica", "colonial", "provincial"})
@@ -111,7 +117,7 @@ DEFINITION_TAIL = {"domestico", "domesticos", "domestica", "hablando", "en", "te
 # real words one edit away from a keyword: never read them as typos
 NOT_TYPOS = {"camino", "caminos", "capitan", "capitel", "capitulo", "capitales", "perla", "perlas", "perno",
              "pernos", "cerro", "cerros", "gaita", "gatillo", "costar", "costas", "rico", "ricos"}
-ALIASES = [(r"\bc\s+rica\b", "costarica"), (r"\bpor\s+que\b", "porque"),  # idioms that are not intents
+ALIASES = [(r"\bc\s+rica\b", "costarica"), (r"\bc\s+r\b", "costarica"), (r"\bpor\s+que\b", "porque"),  # idioms that are not intents
            (r"\ben cuanto a\b", "sobre"), (r"\ben (pocas|breves|dos) palabras\b", "breve"),
            (r"\bcomo se dice\b", "traducir")]
 # whole-question similarity (difflib): canonical phrasings per fact

@@ -101,3 +101,22 @@ def test_collate_pads_and_ignores(tmp_path):
     X2 = torch.tensor([x + [tok.pad_id] * 9])
     Y2 = torch.tensor([y + [-100] * 9])
     assert torch.allclose(m(X1, Y1)[1], m(X2, Y2)[1], atol=1e-6)
+
+
+def test_ema_saves_the_weight_average(tmp_path):
+    # --ema=0 saves the last step's weights; a very slow average (0.9999) barely leaves the start,
+    # so its saved weights sit ~300x closer to the base than the last step's do
+    base = _make_base(tmp_path)
+    with open(tmp_path / "train.jsonl", "w", encoding="utf-8") as f:
+        for p, r in PAIRS * 4:
+            f.write(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n")
+    start = load_checkpoint(str(base))["model"]
+    moved = {}
+    for ema in ("0.0", "0.9999"):
+        p = run("finetune_instr.py", f"--init_from={base}", "--data=train.jsonl", "--test_data=", f"--ema={ema}",
+                f"--out_dir=o{ema}", "--max_iters=30", "--eval_interval=30", "--batch_size=8",
+                "--learning_rate=3e-3", "--val_fraction=0.0", "--device=cpu", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+        saved = load_checkpoint(str(tmp_path / f"o{ema}"), kinds=("instr",))["model"]
+        moved[ema] = sum((saved[k] - start[k]).norm().item() for k in start)
+    assert moved["0.0"] > 0 and moved["0.9999"] < moved["0.0"] / 30, moved
