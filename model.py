@@ -53,7 +53,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
-        self.n_head, self.n_embd, self.dropout = cfg.n_head, cfg.n_embd, cfg.dropout
+        self.n_head, self.n_embd, self.dropout, self.block_size = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.block_size
         self.use_sdpa, self.rope, self.qk_norm = cfg.use_sdpa, cfg.pos == "rope", cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -74,40 +74,42 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None):
         B, T, C = x.size()
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        # one matmul makes q, k and v for every head; a view + permute splits them: 3 x (B, nh, T, hs)
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4)
         if self.qk_norm:
             q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+        n = cache.get("n", 0) if cache is not None else 0  # positions the cache already holds
         if self.rope:  # positions continue after what the cache already holds
-            pos0 = cache["k"].size(2) if cache is not None and "k" in cache else 0
-            cos, sin = self.cos[pos0:pos0 + T].to(q.dtype), self.sin[pos0:pos0 + T].to(q.dtype)
+            cos, sin = self.cos[n:n + T].to(q.dtype), self.sin[n:n + T].to(q.dtype)
             q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)  # (B, nh, Tk, hs)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            if "k" not in cache:  # room for a whole window, allocated once and filled from the left
+                cache["k"] = k.new_empty(B, self.n_head, self.block_size, hs)
+                cache["v"] = v.new_empty(B, self.n_head, self.block_size, hs)
+            cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v  # write in place: no copy of the rest
+            cache["n"] = n + T
+            k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]  # (B, nh, Tk, hs)
         Tk = k.size(2)
         # the T queries sit at positions Tk-T .. Tk-1, so they use those rows of the causal mask
-        mask = self.mask[:, :, Tk - T:Tk, :Tk]  # (1, 1, T, Tk)
+        mask = self.mask[:, :, Tk - T:Tk, :Tk] if T > 1 else None  # (1, 1, T, Tk); one new token sees all
         p = self.dropout if self.training else 0.0
         if self.use_sdpa and not self.record:
             # one fused kernel (flash / memory-efficient where available), same math as below;
             # is_causal (T == Tk) and no mask at all (a single new token) pick the fastest kernels
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T in (1, Tk) else mask,
-                                               is_causal=T == Tk, dropout_p=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T == Tk else mask,
+                                               is_causal=T == Tk and T > 1, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk) similarity scores
-            att = att.masked_fill(~mask, float("-inf"))  # causal: no peeking at later tokens
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))  # causal: no peeking at later tokens
             att = F.softmax(att, dim=-1)  # each row: how much query i takes from each key
             if self.record:
                 self.att = att.detach()
             att = self.attn_dropout(att)
             y = att @ v  # (B, nh, T, hs) weighted sum of values
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if p > 0 else y  # (skipping a no-op call matters when sampling)
 
 
 class MLP(nn.Module):
@@ -121,7 +123,8 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, 4C)
         h = F.relu(h).square() if self.relu2 else F.gelu(h)
-        return self.dropout(self.c_proj(h))
+        h = self.c_proj(h)
+        return self.dropout(h) if self.training and self.dropout.p > 0 else h
 
 
 class Block(nn.Module):
@@ -173,8 +176,9 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {pos0 + T} tokens is longer than block_size {self.config.block_size}")
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(pos0, pos0 + T, device=idx.device))  # + (T, C)
-        x = self.drop(x)
+            x = x + self.wpe.weight[pos0:pos0 + T]  # + (T, C): the rows of positions pos0 .. pos0+T-1
+        if self.training and self.drop.p > 0:
+            x = self.drop(x)
         for i, block in enumerate(self.h):
             x = block(x, None if caches is None else caches[i])
         return self.ln_f(x)

@@ -32,6 +32,7 @@ init_from = "scratch"  # 'scratch' or 'resume' (from out_dir)
 overwrite = False  # allow 'scratch' to replace a checkpoint already in out_dir
 eval_interval = 250
 eval_iters = 20
+eval_train = True  # also estimate the train loss at each evaluation (False halves the cost of an eval)
 log_interval = 10
 # model
 block_size = 256
@@ -225,7 +226,7 @@ def estimate_loss():
     (their own seeded generator), so successive val losses are directly comparable."""
     out = {}
     raw_model.eval()
-    for split, data in (("train", train_data), ("val", val_data)):
+    for split, data in ((("train", train_data),) if eval_train else ()) + (("val", val_data),):
         gen = torch.Generator().manual_seed(seed + 1)
         losses = torch.zeros(eval_iters)
         for k in range(eval_iters):
@@ -282,9 +283,10 @@ while True:
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         losses = estimate_loss()
-        print(f"eval {iter_num}: train {losses['train']:.4f}, val {losses['val']:.4f} nats/token "
+        train_part = f"train {losses['train']:.4f}, " if eval_train else ""
+        print(f"eval {iter_num}: {train_part}val {losses['val']:.4f} nats/token "
               f"({losses['val'] / math.log(2):.3f} bits/char)")
-        history.append({"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+        history.append({"iter": iter_num, "train_loss": losses.get("train"), "val_loss": losses["val"],
                         "elapsed_s": round(time.time() - t_start, 2)})
         improved = losses["val"] < best_val_loss
         best_val_loss = min(best_val_loss, losses["val"])
