@@ -155,7 +155,10 @@ def bench_sample():
     # the prompt: "\n" alone, or (prompt_len=-1) a window full of real text, so that every step
     # works at the block size (the uncached path recomputes 128..256 tokens per step, not 1..256)
     n = bs if prompt_len == -1 else prompt_len
-    ids = tok.encode(open(prompt_file, encoding="utf-8").read())[:n] if n > 1 else tok.encode("\n")
+    path = prompt_file if os.path.isfile(prompt_file) else os.path.join(HERE, prompt_file)
+    if n > 1 and not os.path.isfile(path):
+        fail(f"prompt file not found: {prompt_file}")
+    ids = tok.encode(open(path, encoding="utf-8").read())[:n] if n > 1 else tok.encode("\n")
     if len(ids) < n:
         fail(f"{prompt_file} holds fewer than {n} characters")
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)

@@ -18,6 +18,10 @@ def test_bench_sample_cache_faster_and_identical(tiny_run):
     assert "greedy outputs identical: True" in p.stdout
     speedup = float(p.stdout.split("speed-up ")[1].split("x")[0])
     assert speedup > 1.0  # 100 tokens with block_size 32: the cache must already pay off
+    # a prompt that fills the block (from the shipped corpus), runs alternating on/off
+    p = run("bench.py", "--mode=sample", "--out_dir=out", "--max_new_tokens=50", "--runs=1", "--prompt_len=-1",
+            cwd=tiny_run)
+    assert p.returncode == 0 and "prompt of 32 tokens" in p.stdout and "identical: True" in p.stdout, p.stderr
 
 
 def test_bench_train_reports_mfu():
@@ -28,13 +32,17 @@ def test_bench_train_reports_mfu():
 
 def test_bench_race_two_configs(tiny_run, tmp_path):
     fast = tmp_path / "fast.py"
-    fast.write_text(open(TINY).read() + "\nlearning_rate = 1e-2\n")
+    fast.write_text(open(TINY).read() + "\nlearning_rate = 1e-2\neval_train = False\n")
     p = run("bench.py", "--mode=race", f"--a={TINY}", f"--b={fast}", "--dataset=tiny", "--target=3.0",
             "--budget=60", f"--race_dir={tmp_path / 'race'}", cwd=tiny_run)
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     assert [r["config"] for r in rows] == [TINY, str(fast)]
     assert all(r["final_val"] > 0 for r in rows)
+    # eval_train=False: the challenger's evaluations estimate the val loss only
+    logs = {n: [json.loads(line) for line in open(tmp_path / "race" / n / "log.jsonl")] for n in "ab"}
+    evals = {n: [r for r in log if "val_loss" in r] for n, log in logs.items()}
+    assert all(r["train_loss"] > 0 for r in evals["a"]) and all(r["train_loss"] is None for r in evals["b"])
     assert "mode must be" in assert_one_line_error(run("bench.py", "--mode=fly"))
 
 
