@@ -152,6 +152,8 @@ def bench_sample():
     except CheckpointError as e:
         fail(e)
     bs = model.config.block_size
+    if prompt_len == 0 or prompt_len < -1:
+        fail(f"--prompt_len must be -1 (a full block) or a number of characters >= 1, got {prompt_len}")
     # the prompt: "\n" alone, or (prompt_len=-1) a window full of real text, so that every step
     # works at the block size (the uncached path recomputes 128..256 tokens per step, not 1..256)
     n = bs if prompt_len == -1 else prompt_len

@@ -57,6 +57,8 @@ dtype = "auto"
 seed = 1337
 # -----------------------------------------------------------------------------
 config = configure(globals())
+if not 0 <= ema < 1:
+    fail(f"--ema must be in [0, 1) (0 = no average), got {ema}")
 try:
     device = pick_device(device)
     ctx = autocast(device, dtype)

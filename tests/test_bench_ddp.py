@@ -22,6 +22,8 @@ def test_bench_sample_cache_faster_and_identical(tiny_run):
     p = run("bench.py", "--mode=sample", "--out_dir=out", "--max_new_tokens=50", "--runs=1", "--prompt_len=-1",
             cwd=tiny_run)
     assert p.returncode == 0 and "prompt of 32 tokens" in p.stdout and "identical: True" in p.stdout, p.stderr
+    assert "--prompt_len must be" in assert_one_line_error(
+        run("bench.py", "--mode=sample", "--out_dir=out", "--prompt_len=0", cwd=tiny_run))
 
 
 def test_bench_train_reports_mfu():

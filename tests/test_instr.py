@@ -120,3 +120,6 @@ def test_ema_saves_the_weight_average(tmp_path):
         saved = load_checkpoint(str(tmp_path / f"o{ema}"), kinds=("instr",))["model"]
         moved[ema] = sum((saved[k] - start[k]).norm().item() for k in start)
     assert moved["0.0"] > 0 and moved["0.9999"] < moved["0.0"] / 30, moved
+    line = assert_one_line_error(run("finetune_instr.py", f"--init_from={base}", "--data=train.jsonl", "--ema=1.0",
+                                     "--out_dir=oe", cwd=tmp_path))
+    assert "--ema must be in [0, 1)" in line and not (tmp_path / "oe").exists()
