@@ -41,7 +41,7 @@ race_dir = "out-race"
 # sample
 out_dir = "out"
 max_new_tokens = 500
-prompt_len = 1  # 1: start from "\n"; -1: a prompt that fills the block; N: the first N characters
+prompt_len = -1  # -1: a prompt that fills the block (sampling at the block size); 1: start from "\n"; N: N characters
 prompt_file = "data/es/corpus/a_perros.txt"  # where a longer prompt comes from
 runs = 5
 device = "cpu"
