@@ -432,7 +432,8 @@ def main():
     import pandas as pd
     import streamlit as st
 
-    from model import CheckpointError, answer_stream, load_checkpoint, model_from_checkpoint, pick_device
+    from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
+    from model import answer_stream
     from tokenizer import clean_text
 
     st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")

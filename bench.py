@@ -22,8 +22,9 @@ import time
 
 import torch
 
+from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail, read_config_file
-from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint, pick_device
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 mode = "train"  # train | race | sample

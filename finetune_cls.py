@@ -30,9 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoint import (CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device,
+                        save_checkpoint)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
-from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint, \
-    pick_device, save_checkpoint
+from model import GPT, GPTConfig
 from tokenizer import CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------

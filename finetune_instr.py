@@ -20,9 +20,10 @@ import time
 
 import torch
 
+from checkpoint import (CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device,
+                        save_checkpoint)
 from configurator import configure, fail
-from model import (GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, model_from_checkpoint,
-                   pick_device, prompt_ids, save_checkpoint)
+from model import GPT, GPTConfig, prompt_ids
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text, strip_accents
 
 # -----------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import sys
 
 import torch
 
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail
-from model import CheckpointError, answer_stream, load_checkpoint, model_from_checkpoint, pick_device
+from model import answer_stream
 from tokenizer import clean_text
 
 # -----------------------------------------------------------------------------

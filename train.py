@@ -20,8 +20,9 @@ import time
 import numpy as np
 import torch
 
+from checkpoint import CheckpointError, autocast, load_checkpoint, pick_device, save_checkpoint
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
-from model import GPT, CheckpointError, GPTConfig, autocast, load_checkpoint, pick_device, save_checkpoint
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # I/O

@@ -17,7 +17,8 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+from checkpoint import save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import BASE_CHARS  # noqa: E402
 
 # the base characters of prepare.py (not imported: it runs on import)

@@ -111,7 +111,7 @@ def test_raw_trace_and_special_tokens_are_plain_text(at):
 
 
 def app_tok(m):
-    from model import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     return model_from_checkpoint(load_checkpoint(m["path"]))[1]
 
 
@@ -148,7 +148,7 @@ def test_look_inside(at):
 
 
 def test_inspect_sequence_is_causal_attention(out_root):
-    from model import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     model, tok = model_from_checkpoint(load_checkpoint(os.path.join(out_root, "out-instr")))
     ids, _ = tok.encode_instruction("¿Los perros son caninos?", "Sí.")
     att, probs = app.inspect_sequence(model, ids)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import ROOT, assert_one_line_error
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
 from tokenizer import SPECIALS
 
 VOCAB = SPECIALS + list(" abcdefghijklmnopqrstuvwxyzñ.,")

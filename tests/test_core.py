@@ -9,7 +9,8 @@ import torch
 
 from conftest import ROOT, assert_one_line_error, run
 from configurator import configure
-from model import GPT, CheckpointError, GPTConfig, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import GPT, GPTConfig
 from tokenizer import SPECIALS, CharTokenizer, clean_text
 
 # ---------------------------------------------------------------- tokenizer

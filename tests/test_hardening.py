@@ -124,7 +124,8 @@ def test_missing_config_file_and_bad_types(tmp_path):
 @pytest.fixture(scope="module")
 def instr_dir(tmp_path_factory):
     """An (untrained) instruction checkpoint: enough to show how sample.py treats odd prompts."""
-    from model import GPT, GPTConfig, save_checkpoint
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig
     from tokenizer import BASE_CHARS
 
     d = tmp_path_factory.mktemp("instr")

@@ -5,7 +5,8 @@ import os
 import torch
 
 from conftest import ROOT, assert_one_line_error, run
-from model import GPT, GPTConfig, answer_stream, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, answer_stream
 from tokenizer import BASE_CHARS, CharTokenizer
 
 PAIRS = [("¿Los perros son caninos?", "Sí, los perros son caninos."),
