@@ -1,12 +1,14 @@
 # The chat app (app.py) in a container: CPU-only PyTorch, a non-root user, port 8501.
 #
 #   docker build -t llmfs-app .
-#   docker run --rm -p 8501:8501 -v "$PWD/out-instr:/app/out-instr:ro" llmfs-app   # a model you trained
+#   docker run --rm -p 127.0.0.1:8501:8501 -v "$PWD/out-instr:/app/out-instr:ro" llmfs-app   # a model you trained
 #
 #   docker build --build-arg TRAIN_DEMO=1 -t llmfs-app:demo .    # trains the demo model while building
-#   docker run --rm -p 8501:8501 llmfs-app:demo
+#   docker run --rm -p 127.0.0.1:8501:8501 llmfs-app:demo
 #
-# then open http://localhost:8501
+# then open http://localhost:8501. Inside the container the server listens on 0.0.0.0 (CMD below,
+# overriding .streamlit/config.toml's 127.0.0.1) so that the published port reaches it; publishing on
+# 127.0.0.1 keeps the app local to this machine, as `streamlit run app.py` is.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

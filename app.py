@@ -1,20 +1,23 @@
 """
 A chat app over the trained instruction model: one file, Streamlit.
 
-    streamlit run app.py                        # then open http://localhost:8501
+    streamlit run app.py                        # then open http://localhost:8501 (bound to 127.0.0.1)
     python app.py --faq-eval data/es/instructions/test.jsonl    # measure the FAQ matcher
 
 The sidebar picks the checkpoint (any out*/ folder next to this file whose ckpt.pt is an
 instruction model; LLMFS_OUT_ROOT points the scan elsewhere) and the sampling settings.
-Each answer says where it came from: "FAQ" (a fixed answer, matched by rules below, before
+Each answer says where it came from: "FAQ" (a fixed answer, found by the table below before
 the model is asked) or "modelo" (generated character by character). "Mirar dentro" shows
 the attention of the last answer, the next-token probabilities and the training loss curve.
 
 `import app` starts no UI: the pure parts (FAQ matcher, checkpoint scan) are plain functions;
-the UI is main(), which runs only when Streamlit executes this script.
+the UI is main() and its helpers, which import streamlit themselves when Streamlit runs this script.
+.streamlit/config.toml binds the server to 127.0.0.1 (the container's command overrides it).
 """
 import copy
+import dataclasses
 import difflib
+import functools
 import glob
 import json
 import math
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 import unicodedata
+from typing import Callable
 
 from tokenizer import strip_accents  # stdlib only: importing app stays light
 
@@ -31,20 +35,20 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_PROMPT_CHARS = 500
 
 # -----------------------------------------------------------------------------------------
-# FAQ: three fixed answers, identical to the dataset's responses
-FAQ = {
-    "fact:perro": "Los perros son caninos: pertenecen a la familia de los cánidos (Canidae).",
-    "fact:gato": "Los gatos son felinos: pertenecen a la familia de los félidos (Felidae).",
-    "fact:capital": "La capital de Costa Rica es San José.",
-}
+# FAQ: three fixed answers, identical to the dataset's responses. Each is one entry of the table
+# FAQ_ENTRIES below; a question gets an entry's answer when it names the entry's subject AND asks
+# one of its intents, and shows no sign of another question (another intent word, animal or place).
 
 
-def normalize(text):
-    """Lowercase, accents stripped (ñ kept), punctuation removed, whitespace collapsed."""
-    text = strip_accents(unicodedata.normalize("NFC", text).lower())
-    text = text.replace("=", " = ")  # "perros = caninos" keeps its copula
-    text = "".join(c if c.isalnum() or c in " =" else " " for c in text)
-    return " ".join(text.split())
+@dataclasses.dataclass(frozen=True, eq=False)
+class FaqEntry:
+    key: str  # the dataset's kind
+    answer: str  # the dataset's response, word for word
+    subject: set  # the question names one of these (typos allowed) ...
+    intents: tuple  # ... and asks one of these: (reason, test(q)); the first test that holds is the reason
+    unless: Callable = lambda q: False  # ... unless this holds: another question, no intent counts
+    allow: frozenset = frozenset()  # OTHER_INTENTS words that ask this entry's own question
+    canon: tuple = ()  # model phrasings: a question this similar (difflib, 0.8) matches without an intent
 
 
 def _forms(*words):
@@ -62,11 +66,9 @@ def _forms(*words):
 DOG = _forms("perro", "perrito", "can", "cachorro", "cachorrito", "chucho", "lomito") | {"firulais"} \
     | _forms("labrador", "chihuahua", "bulldog", "pug", "caniche", "poodle", "beagle", "dalmata")  # breeds are dogs
 CAT = _forms("gato", "gatito", "minino", "michi", "gatico", "micho", "morrongo") | {"siames", "angora"}
-CANINE = _forms("canino", "canido") | {"canidae"}
-FELINE = _forms("felino", "felido") | {"felidae"}
+CLASS = _forms("canino", "canido", "felino", "felido") | {"canidae", "felidae"}  # either family, for either animal
 COUNTRY = {"costarica", "costarrica", "cr", "tiquicia"} | _forms("tico", "costarricense")
 CAPITAL = {"capital"}
-SEAT = {"poderes", "sede"}  # and gobiern*: "¿en qué ciudad está el gobierno de Costa Rica?"
 # other entities: an animal of the same families, another country or place
 OTHER_ANIMALS = _forms("lobo", "zorro", "coyote", "chacal", "dingo", "hiena", "tigre", "leon", "jaguar",
                        "puma", "guepardo", "lince", "leopardo", "pantera", "ocelote", "oso", "vaca", "caballo",
@@ -98,8 +100,8 @@ OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", 
                   # a qualified capital is another question: "capital cultural", "capital mundial del café"
                   "cultural", "economica", "financiera", "turistica", "mundial", "gastronomica",
                   "historica", "colonial", "provincial"})
-# "nombre"/"llama" ask for a name: allowed when the name asked is the capital's or the family's
-NAMING = {"nombre", "llama"}
+# "nombre"/"llama" ask for a name: the capital's name is the capital ("¿cómo se llama la capital ...?")
+NAMING = frozenset({"nombre", "llama"})
 # verbs that state a class: "los perros SON caninos", "el gato PERTENECE a los félidos"
 COPULA = {"es", "son", "ser", "sea", "sean", "era", "=", "pertenece", "pertenecen", "entra", "entran",
           "forma", "forman", "considera", "consideran", "considerado", "considerados", "cuenta", "cuentan"}
@@ -109,23 +111,115 @@ BRIDGE = {"un", "una", "el", "la", "los", "las", "de", "del", "a", "al", "en", "
           "realmente", "tambien", "o", "no", "si", "solo", "verdaderamente", "como", "miembro", "miembros"}
 # a telegraphic question holds nothing but these, the subject and the class: "perro?? canino??"
 FILLER = BRIDGE | {"y", "que", "verdad", "cierto", "acaso", "o", "es", "son", "=", "felino", "canino"}
+# "mi familia" is the asker's family, not the animal's
+POSSESSIVE = {"mi", "mis", "tu", "tus", "nuestra", "nuestro"}
 # after "qué es un perro" only these (and biolog*/zoolog*/taxonom* words) may follow: a "perro guía"
 # is another question
 DEFINITION_TAIL = {"domestico", "domesticos", "domestica", "hablando", "en", "terminos", "desde", "el",
                    "punto", "de", "vista", "la", "por", "favor", "exactamente", "realmente", "para", "ti",
                    "usted", "cientificamente", "cientifico", "ciencia"}
+SCIENCE = ("biolog", "zoolog", "taxonom")
 # real words one edit away from a keyword: never read them as typos
 NOT_TYPOS = {"camino", "caminos", "capitan", "capitel", "capitulo", "capitales", "perla", "perlas", "perno",
              "pernos", "cerro", "cerros", "gaita", "gatillo", "costar", "costas", "rico", "ricos"}
-ALIASES = [(r"\bc\s+rica\b", "costarica"), (r"\bc\s+r\b", "costarica"), (r"\bpor\s+que\b", "porque"),  # idioms that are not intents
+# rewritten before matching: idioms that are not intents, and "Costa Rica" spelled short
+ALIASES = [(r"\bc\s+rica\b", "costarica"), (r"\bc\s+r\b", "costarica"), (r"\bpor\s+que\b", "porque"),
            (r"\ben cuanto a\b", "sobre"), (r"\ben (pocas|breves|dos) palabras\b", "breve"),
-           (r"\bcomo se dice\b", "traducir")]
-# whole-question similarity (difflib): canonical phrasings per fact
-CANON = {
-    "fact:perro": ["a que familia pertenece el perro", "que tipo de animal es el perro", "los perros son caninos"],
-    "fact:gato": ["a que familia pertenece el gato", "que tipo de animal es el gato", "los gatos son felinos"],
-    "fact:capital": ["cual es la capital de costa rica", "capital de costa rica"],
-}
+           (r"\bcomo se dice\b", "traducir"),
+           # "¿cómo se llama la familia del perro?" asks for the family, not for a name
+           (r"\b(?:nombre|llama)\s+((?:\w+\s+){0,2}(?:familia|grupo|clase))\b", r"\1")]
+
+# what kind of animal a dog or a cat is: the same questions for both (q.subject is the entry's animal)
+ANIMAL_INTENTS = (
+    ("afirma una clase", lambda q: q.states(CLASS)),  # "¿los perros son felinos?" (the answer corrects it)
+    ("clase, en telegrama", lambda q: q.has(CLASS) and q.only(FILLER, CLASS)),  # "perro: canino o felino?"
+    ("pregunta por la familia",  # "familia" (typos too, not "mi familia"), "clasifica", "taxonomía"
+     lambda q: q.has({"familia"}, not_after=POSSESSIVE) or q.says(r"\b(clasific|taxonom)")),
+    ("pregunta qué animal es",
+     lambda q: q.says(r"\b(tipo|clase|grupo)\s+(de\s+)?(animal|animales|mamifero|mamiferos|ser vivo|zoologico)\b",
+                      r"\bque\s+(tipo|clase|grupo|animal)\s+(es|son)\b")),
+    ("pregunta a qué pertenece", lambda q: q.says(r"\bpertenece(n)?\b")),
+    ("pregunta qué es", lambda q: q.defines(DEFINITION_TAIL, SCIENCE)),  # not "¿qué es un perro guía?"
+)
+
+FAQ_ENTRIES = (
+    FaqEntry("fact:perro", "Los perros son caninos: pertenecen a la familia de los cánidos (Canidae).",
+             subject=DOG, intents=ANIMAL_INTENTS, unless=lambda q: q.has(CAT),  # dogs and cats: another question
+             canon=("a que familia pertenece el perro", "que tipo de animal es el perro", "los perros son caninos")),
+    FaqEntry("fact:gato", "Los gatos son felinos: pertenecen a la familia de los félidos (Felidae).",
+             subject=CAT, intents=ANIMAL_INTENTS, unless=lambda q: q.has(DOG),
+             canon=("a que familia pertenece el gato", "que tipo de animal es el gato", "los gatos son felinos")),
+    FaqEntry("fact:capital", "La capital de Costa Rica es San José.",
+             subject=COUNTRY, intents=(
+                 ("capital de Costa Rica", lambda q: q.has(CAPITAL)),
+                 ("sede del gobierno",  # "¿en qué ciudad está el gobierno de Costa Rica?"
+                  lambda q: q.says(r"\b(gobiern\w*|poderes|sede)\b") and q.says(r"\b(ciudad|donde|urbe)\b"))),
+             unless=lambda q: q.names_other("capital", CAPITAL_OF_OK),  # "capital de la provincia de ..."
+             allow=NAMING, canon=("cual es la capital de costa rica", "capital de costa rica")),
+)
+FAQ = {e.key: e.answer for e in FAQ_ENTRIES}  # key -> answer
+
+
+def match_faq(prompt):
+    """The FAQ key ('fact:perro', 'fact:gato', 'fact:capital') that answers prompt, or None.
+
+    A match needs a subject (perro / gato / Costa Rica) AND a matching intent (a class or family
+    question, or 'capital of'), and no sign of another question: another intent word (how many,
+    when, why, eat, age, ...), another animal, another country or place, or both dogs and cats."""
+    key, why = match_faq_explain(prompt)
+    return key
+
+
+def match_faq_explain(prompt):
+    """(key or None, the reason) — match_faq with its reason, for the eval CLI and the app's caption."""
+    toks = _tokens(prompt)
+    if not toks or len(toks) > 40:
+        return None, "vacía o demasiado larga"
+    asked, hits = [], []  # (entry, question) for each entry whose subject is named; (entry, reason)
+    for e in FAQ_ENTRIES:
+        q = Question(toks, e.subject)
+        if not q.has(e.subject):
+            continue
+        asked.append((e, q))
+        why = None if e.unless(q) else next((why for why, test in e.intents if test(q)), None)
+        if why:
+            hits.append((e, why))
+    if not hits:  # whole-question similarity for what the intents missed
+        hits = [(e, "parecida a una pregunta modelo") for e, q in asked
+                if max(difflib.SequenceMatcher(None, q.text, c).ratio() for c in e.canon) >= 0.8]
+    if len(hits) != 1:
+        return None, "ninguna regla" if not hits else "ambigua: " + ", ".join(sorted(e.key for e, _ in hits))
+    (e, why), = hits
+    blockers = OTHER_INTENTS - e.allow
+    stop = [t for t in toks if t in blockers or (t.endswith("s") and t[:-1] in blockers)]
+    stop += [t for t in toks if t in OTHER_PLACES or t in OTHER_ANIMALS]
+    if stop:
+        return None, f"{e.key} ({why}) rechazada por: {' '.join(stop)}"
+    return e.key, why
+
+
+# the matching machinery: normalized tokens, typo-tolerant lookups, the tests the table's intents use
+
+
+def normalize(text):
+    """Lowercase, accents stripped (ñ kept), punctuation removed, whitespace collapsed."""
+    text = strip_accents(unicodedata.normalize("NFC", text).lower())
+    text = text.replace("=", " = ")  # "perros = caninos" keeps its copula
+    text = "".join(c if c.isalnum() or c in " =" else " " for c in text)
+    return " ".join(text.split())
+
+
+def _tokens(prompt):
+    text = normalize(prompt)
+    for pat, rep in ALIASES:
+        text = re.sub(pat, rep, text)
+    out = []
+    for t in text.split():  # "costa rica", "costa rca", "cota rica" -> one token
+        if out and _one_edit(out[-1] + t, "costarica"):
+            out[-1] = "costarica"
+        else:
+            out.append(t)
+    return out
 
 
 def _one_edit(a, b):
@@ -157,116 +251,46 @@ def _in(token, lexicon):
     return any(len(w) >= 5 and _one_edit(token, w) for w in lexicon)
 
 
-def _tokens(prompt):
-    text = normalize(prompt)
-    for pat, rep in ALIASES:
-        text = re.sub(pat, rep, text)
-    toks = text.split()
-    out = []
-    for t in toks:  # "costa rica", "costa rca", "cota rica" -> one token
-        if out and _one_edit(out[-1] + t, "costarica"):
-            out[-1] = "costarica"
-        else:
-            out.append(t)
-    return out
+class Question:
+    """A question's tokens as one FAQ entry sees them: subject is that entry's subject words."""
 
+    def __init__(self, toks, subject):
+        self.toks, self.text, self.subject = toks, " ".join(toks), subject
 
-def _states_class(toks, subject, klass):
-    """A copula followed (within a few bridge words) by a class word: 'los perros son (unos) caninos'."""
-    for i, t in enumerate(toks):
-        if t in COPULA:
-            for u in toks[i + 1:i + 7]:
-                if _in(u, klass):
-                    return True
-                if u not in BRIDGE and not _in(u, subject):
-                    break
-    return False
+    def has(self, lexicon, not_after=()):
+        """A word of lexicon (or a typo of one), not right after a word of not_after."""
+        return any(_in(t, lexicon) and (i == 0 or self.toks[i - 1] not in not_after)
+                   for i, t in enumerate(self.toks))
 
+    def says(self, *patterns):
+        """One of the regular expressions matches the normalized text (words joined by one space)."""
+        return any(re.search(p, self.text) for p in patterns)
 
-def _animal_fact(toks, subject, other_subject):
-    """Rules for 'what kind of animal is X': subject + a class question or a class statement."""
-    if not any(_in(t, subject) for t in toks) or any(_in(t, other_subject) for t in toks):
-        return None  # not about this animal, or about both dogs and cats
-    text = " ".join(toks)
-    klass = CANINE | FELINE
-    if any(_in(t, klass) for t in toks):
-        # "¿los perros son felinos?", "perro: canino o felino?" (the FAQ answer corrects it)
-        if _states_class(toks, subject, klass):
-            return "afirma una clase"
-        if all(t in FILLER or _in(t, subject) or _in(t, klass) for t in toks):
-            return "clase, en telegrama"
-    for i, t in enumerate(toks):  # "familia" (not "mi familia"), "clasifica", "taxonomía"
-        if _in(t, {"familia"}) and (i == 0 or toks[i - 1] not in {"mi", "mis", "tu", "tus", "nuestra", "nuestro"}):
-            return "pregunta por la familia"
-        if t.startswith(("clasific", "taxonom")):  # any form: clasifican, clasificarías, taxonómica
-            return "pregunta por la familia"
-    if re.search(r"\b(tipo|clase|grupo)\s+(de\s+)?(animal|animales|mamifero|mamiferos|ser vivo|zoologico)\b", text) \
-            or re.search(r"\bque\s+(tipo|clase|grupo|animal)\s+(es|son)\b", text):
-        return "pregunta qué animal es"
-    if re.search(r"\bpertenece(n)?\b", text):
-        return "pregunta a qué pertenece"
-    m = re.search(r"\bque\s+(es|son)\s+(un|una|el|la|los|las)?\s*(\w+)\s*(.*)$", text)
-    if m and _in(m.group(3), subject) and all(w in DEFINITION_TAIL or w.startswith(("biolog", "zoolog", "taxonom"))
-                                                for w in m.group(4).split()):
-        return "pregunta qué es"
-    return None
+    def only(self, words, fuzzy):
+        """Nothing but words, the subject and fuzzy (typos allowed in the last two)."""
+        return all(t in words or _in(t, self.subject) or _in(t, fuzzy) for t in self.toks)
 
+    def states(self, klass):
+        """A copula followed (within a few bridge words) by a class word: 'los perros son (unos) caninos'."""
+        for i, t in enumerate(self.toks):
+            if t in COPULA:
+                for u in self.toks[i + 1:i + 7]:
+                    if _in(u, klass):
+                        return True
+                    if u not in BRIDGE and not _in(u, self.subject):
+                        break
+        return False
 
-def _capital_fact(toks):
-    if not any(_in(t, COUNTRY) for t in toks):
-        return None
-    text = " ".join(toks)
-    if any(_in(t, CAPITAL) for t in toks):
-        for m in re.finditer(r"\bcapital\s+(?:de|del)\s+(?:(?:la|el|los|las)\s+)?(\w+)", text):
-            if not (_in(m.group(1), COUNTRY) or m.group(1) in CAPITAL_OF_OK):
-                return None  # the capital of something else: "capital de la provincia de ..."
-        return "capital de Costa Rica"
-    if any(t in SEAT or t.startswith("gobiern") for t in toks) and re.search(r"\b(ciudad|donde|urbe)\b", text):
-        return "sede del gobierno"
-    return None
+    def defines(self, tail, stems):
+        """'qué es un <subject>', followed only by tail words or words with one of the stems."""
+        m = re.search(r"\bque\s+(es|son)\s+(un|una|el|la|los|las)?\s*(\w+)\s*(.*)$", self.text)
+        return bool(m) and _in(m.group(3), self.subject) and all(w in tail or w.startswith(stems)
+                                                                  for w in m.group(4).split())
 
-
-def match_faq(prompt):
-    """The FAQ key ('fact:perro', 'fact:gato', 'fact:capital') that answers prompt, or None.
-
-    A match needs a subject (perro / gato / Costa Rica) AND a matching intent (a class or family
-    question, or 'capital of'), and no sign of another question: another intent word (how many,
-    when, why, eat, age, ...), another animal, another country or place, or both dogs and cats."""
-    key, why = match_faq_explain(prompt)
-    return key
-
-
-def match_faq_explain(prompt):
-    """(key or None, the rule that decided) — match_faq with its reason, for the eval CLI."""
-    toks = _tokens(prompt)
-    if not toks or len(toks) > 40:
-        return None, "vacía o demasiado larga"
-    hits = {}
-    capital = _capital_fact(toks)
-    if capital:
-        hits["fact:capital"] = capital
-    for key, subject, other in (("fact:perro", DOG, CAT), ("fact:gato", CAT, DOG)):
-        why = _animal_fact(toks, subject, other)
-        if why:
-            hits[key] = why
-    if not hits:  # whole-question similarity for what the keyword rules missed
-        text = " ".join(toks)
-        for key, canon in CANON.items():
-            subject_ok = any(_in(t, {"fact:perro": DOG, "fact:gato": CAT, "fact:capital": COUNTRY}[key])
-                             for t in toks)
-            if subject_ok and max(difflib.SequenceMatcher(None, text, c).ratio() for c in canon) >= 0.8:
-                hits[key] = "parecida a una pregunta modelo"
-    if len(hits) != 1:
-        return None, "ninguna regla" if not hits else "ambigua: " + ", ".join(sorted(hits))
-    (key, why), = hits.items()
-    blockers = OTHER_INTENTS
-    if key == "fact:capital" or re.search(r"\b(nombre|llama)\s+(\w+\s+){0,2}(familia|grupo|clase)\b", " ".join(toks)):
-        blockers = OTHER_INTENTS - NAMING  # "¿cómo se llama la familia del perro?" asks for the family
-    stop = [t for t in toks if t in blockers or (t.endswith("s") and t[:-1] in blockers)]
-    stop += [t for t in toks if t in OTHER_PLACES or t in OTHER_ANIMALS]
-    if stop:
-        return None, f"{key} ({why}) rechazada por: {' '.join(stop)}"
-    return key, why
+    def names_other(self, word, ok):
+        """'<word> de X' with X neither the subject nor a word of ok: 'la capital de (la provincia de) ...'."""
+        found = re.findall(rf"\b{word}\s+(?:de|del)\s+(?:(?:la|el|los|las)\s+)?(\w+)", self.text)
+        return any(not (_in(x, self.subject) or x in ok) for x in found)
 
 
 def faq_eval(path, verbose=False):
@@ -424,98 +448,76 @@ def loss_history_frame(ckpt_meta):
 
 
 # -----------------------------------------------------------------------------------------
-# the UI
+# the UI: main() and its helpers import streamlit (and altair, pandas) themselves
 
 
-def main():
-    import altair as alt
-    import pandas as pd
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The sidebar's answer settings."""
+    max_new: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = all tokens
+    use_faq: bool = True
+    show_raw: bool = False
+
+    def label(self):
+        return f"T={self.temperature:g}, top-k={self.top_k or '—'}, máx={self.max_new}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """One checkpoint file version, loaded once and shared by every session."""
+    name: str  # its out*/ folder
+    path: str
+    mtime: int  # st_mtime_ns: a rewritten checkpoint is loaded again
+    model: object
+    spy: object  # a private copy for "Mirar dentro": its attention modules keep their weights
+    tok: object
+    meta: dict  # the checkpoint without its weights, plus n_params and device
+    lock: object  # one "Mirar dentro" pass at a time on the shared spy
+
+
+@functools.cache
+def model_caches():
+    """(load_model, look_inside) behind Streamlit's caches, made on first use so that `import app`
+    imports neither streamlit nor torch."""
     import streamlit as st
 
-    from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
-    from model import answer_stream
-    from tokenizer import clean_text
-
-    st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")
-    st.markdown("""<style>
-        div[data-testid="stChatMessage"] p { font-size: 1.05rem; }
-        </style>""", unsafe_allow_html=True)
+    from checkpoint import load_checkpoint, model_from_checkpoint, pick_device
 
     @st.cache_resource(show_spinner="Cargando el modelo…", max_entries=4)
     def load_model(path, mtime_ns):  # once per checkpoint file version, shared by all sessions
         ckpt = load_checkpoint(path, kinds=("instr",))
         device = pick_device(os.environ.get("LLMFS_DEVICE", "auto"))
         model, tok = model_from_checkpoint(ckpt, device)
-        spy = copy.deepcopy(model)  # a private copy for "Mirar dentro": its attention keeps weights
         meta = {k: v for k, v in ckpt.items() if k != "model"}
-        meta["n_params"] = model.num_params()
-        meta["device"] = device
-        return {"model": model, "spy": spy, "tok": tok, "meta": meta, "lock": threading.Lock()}
+        meta.update(n_params=model.num_params(), device=device)
+        return Loaded(os.path.basename(os.path.dirname(path)), path, mtime_ns, model, copy.deepcopy(model),
+                      tok, meta, threading.Lock())
 
     @st.cache_data(show_spinner=False, max_entries=32)
     def look_inside(path, mtime_ns, ids):  # cached per answer (its token ids)
         res = load_model(path, mtime_ns)
-        with res["lock"]:  # the private copy is shared by every session of this checkpoint
-            return inspect_sequence(res["spy"], ids)
+        with res.lock:
+            return inspect_sequence(res.spy, ids)
 
-    def no_checkpoint_page(root, skipped, error=None):
-        st.title(":material/forum: LLM desde cero")
-        if error:
-            st.error(f"No se pudo cargar el modelo: {error}")
-        else:
-            st.warning(f"No encontré ningún modelo de instrucciones en `{root}` "
-                       "(una carpeta `out*/` con un `ckpt.pt` de tipo *instr*).")
-        st.markdown("Entrena uno con estos tres pasos (desde la raíz del repositorio) y recarga la página:")
-        st.code("\n".join(TRAIN_COMMANDS), language="bash")
-        st.caption("Con `LLMFS_OUT_ROOT=/otra/carpeta` la app busca los `out*/` en otra parte. "
-                   "En Docker: `--build-arg TRAIN_DEMO=1` o monta `out-instr` como volumen.")
-        if skipped:
-            st.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
-        st.stop()
+    return load_model, look_inside
 
-    # ---- checkpoint choice
-    root = out_root()
-    found, skipped = find_checkpoints(root)
-    if not found:
-        no_checkpoint_page(root, skipped)
-    names = [n for n, _ in found]
-    paths = dict(found)
-    sb = st.sidebar
-    sb.header(":material/tune: Ajustes")
-    choice = sb.selectbox("Modelo (checkpoint)", names, key="ckpt",
-                          help="Carpetas `out*/` con un checkpoint de instrucciones (finetune_instr.py).")
-    path = paths[choice]
-    mtime = os.stat(path).st_mtime_ns
-    try:
-        res = load_model(path, mtime)
-    except (CheckpointError, ValueError) as e:
-        no_checkpoint_page(root, skipped, error=str(e))
-    model, tok, meta = res["model"], res["tok"], res["meta"]
-    cfg = model.config
-    sb.caption(f"{meta['n_params'] / 1e6:.2f} M parámetros · {cfg.n_layer} capas · {cfg.n_head} cabezas · "
-               f"{cfg.n_embd} dims · contexto {cfg.block_size} · {len(tok)} tokens · "
-               f"iter {meta.get('iter_num', '?')}"
-               f" · {meta['device']}")
-    max_new = sb.slider("Máx. tokens nuevos", 8, 512, 128, step=8, key="max_new_tokens",
-                        help="Cada token es un carácter. La respuesta termina antes si el modelo escribe <eos>.")
-    temperature = sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
-                            help="0 = codicioso: siempre el carácter más probable (respuesta determinista).")
-    top_k = sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
-                      help="Con temperatura > 0: muestrea solo entre los k caracteres más probables (0 = todos).")
-    use_faq = sb.toggle("Respuestas fijas (FAQ) primero", value=True, key="faq",
-                        help="Las tres preguntas del conjunto (perros, gatos, capital de Costa Rica) se "
-                             "responden con el texto fijo del dataset, sin el modelo.")
-    show_raw = sb.toggle("Mostrar traza cruda", value=False, key="raw",
-                         help="El texto completo que ve el modelo: <instr>pregunta<resp>respuesta<eos>.")
-    if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
-        st.session_state.messages = []
-    if skipped:
-        sb.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
 
+def main():
+    import streamlit as st
+
+    from tokenizer import clean_text
+
+    st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")
+    st.markdown("""<style>
+        div[data-testid="stChatMessage"] p { font-size: 1.05rem; }
+        </style>""", unsafe_allow_html=True)
+    res, settings = sidebar()
     msgs = st.session_state.setdefault("messages", [])
 
     st.title(":material/forum: LLM desde cero")
-    st.caption(f"Un GPT de caracteres entrenado con este kit (`{choice}`). Sabe tres cosas: "
+    st.caption(f"Un GPT de caracteres entrenado con este kit (`{res.name}`). Sabe tres cosas: "
                "de qué familia son los perros y los gatos, y la capital de Costa Rica; lo demás, "
                "*No lo sé*.")
 
@@ -523,8 +525,7 @@ def main():
     presets = ["¿A qué familia pertenece el perro?", "¿Qué tipo de animal es el gato?",
                "¿Cuál es la capital de Costa Rica?"]
     pending = None
-    cols = st.columns(len(presets))
-    for i, (col, q) in enumerate(zip(cols, presets)):
+    for i, (col, q) in enumerate(zip(st.columns(len(presets)), presets)):
         if col.button(q, key=f"preset_{i}", width="stretch"):
             pending = q
 
@@ -535,11 +536,13 @@ def main():
             if m["role"] == "user":
                 st.markdown(escape_md(m["content"]))
                 continue
-            render_answer(st, m, show_raw)
+            render_answer(m, settings.show_raw)
             if i == last_model:
-                render_inside(st, alt, pd, m, look_inside, load_model)
+                render_inside(m)
 
-    typed = st.chat_input("Escribe tu pregunta…", key="chat")
+    # max_chars: the browser stops typing there and Streamlit cuts what a client sends; the length
+    # is checked again after clean_text, which can lengthen a text (NFC)
+    typed = st.chat_input("Escribe tu pregunta…", key="chat", max_chars=MAX_PROMPT_CHARS)
     prompt = typed if typed is not None else pending
     if prompt is None:
         return
@@ -556,8 +559,7 @@ def main():
         st.markdown(escape_md(prompt))
     with st.chat_message("assistant", avatar=AVATARS["assistant"]):
         try:
-            reply = answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temperature, top_k,
-                           answer_stream)
+            reply = answer(prompt, res, settings)
         except BaseException:  # Streamlit stopped this run mid-answer (a new question, the stop button)
             msgs.append({"role": "assistant", "source": "aviso", "content": "Respuesta interrumpida."})
             raise
@@ -565,28 +567,95 @@ def main():
     st.rerun()
 
 
-def answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temperature, top_k, answer_stream):
-    """Answer one prompt inside the current chat message; returns the message dict for the history."""
+def sidebar():
+    """The sidebar: the checkpoint (loaded) and the answer settings. Without a usable checkpoint
+    it shows the 'train one first' page instead and stops the run."""
+    import streamlit as st
+
+    from checkpoint import CheckpointError
+
+    root = out_root()
+    found, skipped = find_checkpoints(root)
+    if not found:
+        no_checkpoint_page(root, skipped)
+    sb = st.sidebar
+    sb.header(":material/tune: Ajustes")
+    choice = sb.selectbox("Modelo (checkpoint)", [n for n, _ in found], key="ckpt",
+                          help="Carpetas `out*/` con un checkpoint de instrucciones (finetune_instr.py).")
+    path = dict(found)[choice]
+    load_model, _ = model_caches()
+    try:
+        res = load_model(path, os.stat(path).st_mtime_ns)
+    except (CheckpointError, ValueError) as e:
+        no_checkpoint_page(root, skipped, error=str(e))
+    cfg, tok, meta = res.model.config, res.tok, res.meta
+    sb.caption(f"{meta['n_params'] / 1e6:.2f} M parámetros · {cfg.n_layer} capas · {cfg.n_head} cabezas · "
+               f"{cfg.n_embd} dims · contexto {cfg.block_size} · {len(tok)} tokens · "
+               f"iter {meta.get('iter_num', '?')} · {meta['device']}")
+    settings = Settings(
+        max_new=sb.slider("Máx. tokens nuevos", 8, 512, 128, step=8, key="max_new_tokens",
+                          help="Cada token es un carácter. La respuesta termina antes si el modelo escribe <eos>."),
+        temperature=sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
+                              help="0 = codicioso: siempre el carácter más probable (respuesta determinista)."),
+        top_k=sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
+                        help="Con temperatura > 0: muestrea solo entre los k caracteres más probables (0 = todos)."),
+        use_faq=sb.toggle("Respuestas fijas (FAQ) primero", value=True, key="faq",
+                          help="Las tres preguntas del conjunto (perros, gatos, capital de Costa Rica) se "
+                               "responden con el texto fijo del dataset, sin el modelo."),
+        show_raw=sb.toggle("Mostrar traza cruda", value=False, key="raw",
+                           help="El texto completo que ve el modelo: <instr>pregunta<resp>respuesta<eos>."))
+    if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
+        st.session_state.messages = []
+    if skipped:
+        sb.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
+    return res, settings
+
+
+def no_checkpoint_page(root, skipped, error=None):
+    import streamlit as st
+
+    st.title(":material/forum: LLM desde cero")
+    if error:
+        st.error(f"No se pudo cargar el modelo: {error}")
+    else:
+        st.warning(f"No encontré ningún modelo de instrucciones en `{root}` "
+                   "(una carpeta `out*/` con un `ckpt.pt` de tipo *instr*).")
+    st.markdown("Entrena uno con estos tres pasos (desde la raíz del repositorio) y recarga la página:")
+    st.code("\n".join(TRAIN_COMMANDS), language="bash")
+    st.caption("Con `LLMFS_OUT_ROOT=/otra/carpeta` la app busca los `out*/` en otra parte. "
+               "En Docker: `--build-arg TRAIN_DEMO=1` o monta `out-instr` como volumen.")
+    if skipped:
+        st.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
+    st.stop()
+
+
+def answer(prompt, res, settings):
+    """Answer one prompt inside the current chat message (res: the Loaded checkpoint); returns the
+    message dict for the history."""
+    import streamlit as st
+
+    from model import answer_ids, prompt_ids
+
     t0 = time.perf_counter()
-    if use_faq:
+    if settings.use_faq:
         key, why = match_faq_explain(prompt)
         if key:
             st.markdown(escape_md(FAQ[key]))
             return {"role": "assistant", "source": "FAQ", "content": FAQ[key], "rule": why,
                     "latency": time.perf_counter() - t0, "tokens": 0}
-    from model import prompt_ids as model_prompt_ids
-
-    bs = model.config.block_size
-    # the same prompt ids answer_stream builds (for the raw trace and "Mirar dentro")
-    prompt_ids, cut = model_prompt_ids(tok, prompt, bs, max_new)
-    pieces, first = [], []
+    tok = res.tok
+    # the same prompt ids answer_ids builds; with the generated ids (kept as they come, not the text
+    # encoded again: special tokens have no text of their own) they are the raw trace and "Mirar dentro"
+    ids, cut = prompt_ids(tok, prompt, res.model.config.block_size, settings.max_new)
+    new, first = [], []
 
     def stream():
-        for piece in answer_stream(model, tok, prompt, max_new, temperature, top_k or None):
+        for i in answer_ids(res.model, tok, prompt, settings.max_new, settings.temperature,
+                            settings.top_k or None):
             if not first:
                 first.append(time.perf_counter() - t0)
-            pieces.append(piece)
-            yield escape_md(piece)
+            new.append(i)
+            yield escape_md(tok.decode([i]))
 
     try:
         st.write_stream(stream)
@@ -595,19 +664,18 @@ def answer(st, prompt, use_faq, model, tok, path, mtime, choice, max_new, temper
         st.error(msg)
         return {"role": "assistant", "source": "error", "content": msg}
     latency = time.perf_counter() - t0
-    text = "".join(pieces)
-    stopped = len(pieces) < max_new  # fewer pieces than allowed: the model wrote <eos>
-    answer_ids = [tok.stoi.get(ch, tok.unk_id) for ch in text] + ([tok.eos_id] if stopped else [])
-    n = len(pieces) + stopped
+    text = tok.decode(new)
     return {"role": "assistant", "source": "modelo", "content": text or "(respuesta vacía)",
-            "latency": latency, "first": first[0] if first else latency, "tokens": n,
-            "tps": n / latency if latency > 0 else 0.0, "ckpt": choice, "path": path, "mtime": mtime,
-            "prompt_ids": prompt_ids, "answer_ids": answer_ids, "cut": cut, "stopped": stopped,
-            "raw": tok.decode(prompt_ids + answer_ids, specials=True),
-            "settings": f"T={temperature:g}, top-k={top_k or '—'}, máx={max_new}"}
+            "latency": latency, "first": first[0] if first else latency, "tokens": len(new),
+            "tps": len(new) / latency if latency > 0 else 0.0, "ckpt": res.name, "path": res.path,
+            "mtime": res.mtime, "prompt_ids": ids, "answer_ids": new, "cut": cut,
+            "stopped": new[-1:] == [tok.eos_id], "raw": tok.decode(ids + new, specials=True),
+            "settings": settings.label()}
 
 
-def render_answer(st, m, show_raw):
+def render_answer(m, show_raw):
+    import streamlit as st
+
     src = m.get("source")
     if src == "aviso":
         st.warning(m["content"], icon=":material/front_hand:")
@@ -628,13 +696,18 @@ def render_answer(st, m, show_raw):
         st.code(m["raw"], language=None, wrap_lines=True)
 
 
-def render_inside(st, alt, pd, m, look_inside, load_model):
+def render_inside(m):
     """'Mirar dentro' of one model answer: attention heatmap, next-token bars, loss curve."""
+    import altair as alt
+    import pandas as pd
+    import streamlit as st
+
+    load_model, look_inside = model_caches()
     with st.expander("Mirar dentro de esta respuesta", icon=":material/biotech:"):
         try:
             ids = tuple(m["prompt_ids"] + m["answer_ids"])
             res = load_model(m["path"], m["mtime"])
-            tok, meta = res["tok"], res["meta"]
+            tok, meta = res.tok, res.meta
             att, probs = look_inside(m["path"], m["mtime"], ids)
         except Exception as e:  # e.g. the checkpoint file changed since this answer
             st.info(f"No se puede mirar dentro ({type(e).__name__}: {e}).")
@@ -718,7 +791,6 @@ def render_inside(st, alt, pd, m, look_inside, load_model):
                 st.caption("Del checkpoint: `pretrain_history` (preentrenamiento) y `history` (ajuste con "
                            "instrucciones, a partir de la línea discontinua). "
                            f"Mejor pérdida de validación: {meta.get('best_val_loss', '?')}.")
-
 
 
 def _in_streamlit():

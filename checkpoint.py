@@ -1,10 +1,12 @@
 """
-Devices, precision and checkpoints: the helpers every script shares.
+Devices, precision, durable files and checkpoints: the helpers every script shares.
 
 A checkpoint is a dict saved with torch.save and loaded with weights_only=True (tensors and plain
 types only, never code): kind ('pretrain' | 'instr' | 'cls'), model_args, model (state dict),
 vocab, and whatever history the script adds.
 """
+import glob
+import io
 import os
 import warnings
 from contextlib import nullcontext
@@ -27,27 +29,89 @@ def pick_device(name="auto"):
     return name
 
 
-def autocast(device, dtype):
-    """bf16/fp16 autocast where asked; 'auto' = bf16 on GPUs that support it, fp32 elsewhere."""
-    dev = device.split(":")[0]
+def resolve_dtype(device, dtype):
+    """'auto' = bf16 on GPUs that support it, fp32 elsewhere; anything else is checked."""
     if dtype == "auto":
-        dtype = "bfloat16" if dev == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+        return "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+    return dtype
+
+
+def autocast(device, dtype):
+    """The context that runs the forward pass in dtype (autocast), or plain fp32."""
+    dtype = resolve_dtype(device, dtype)
     if dtype == "float32":
         return nullcontext()
-    if dtype not in ("bfloat16", "float16"):
-        raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
-    return torch.autocast(device_type=dev, dtype=getattr(torch, dtype))
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+def grad_scaler(device, dtype):
+    """float16 has 5 exponent bits: small gradients underflow to 0 unless the loss is scaled up before
+    backward() (and the gradients scaled back before the step). GradScaler does that, and skips a step
+    whose gradients overflowed. For bf16/fp32 it is a pass-through (enabled=False)."""
+    return torch.amp.GradScaler(device.split(":")[0], enabled=resolve_dtype(device, dtype) == "float16")
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable or of the wrong kind (one clear message)."""
+    """A checkpoint or output file that is missing, unreadable, unwritable or of the wrong kind (one clear message)."""
+
+
+def _reason(e):
+    return e.strerror or type(e).__name__ if isinstance(e, OSError) else type(e).__name__
+
+
+def atomic_write(path, write):
+    """Write a file so that a crash, a kill or a full disk never leaves it half-written: write(f) fills
+    path.tmp, which is flushed to the disk (fsync) and only then renamed over path; the rename is
+    made durable by an fsync of the folder. On failure the .tmp is removed and the old file is kept."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"could not write {path}: {_reason(e)} (the previous file, if any, is kept)")
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def prepare_out_dir(out_dir):
+    """Create out_dir and prove it is writable before any work starts (a path under a regular file, a
+    read-only disk or a missing permission fails here, in one line, not after an hour of training).
+    Leftover *.tmp files of a killed run are removed."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test.tmp")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+        for tmp in glob.glob(os.path.join(out_dir, "*.tmp")):
+            os.remove(tmp)
+    except OSError as e:
+        raise CheckpointError(f"cannot write to out_dir '{out_dir}': {_reason(e)}")
 
 
 def save_checkpoint(ckpt, path):
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    """torch.save through atomic_write: the previous checkpoint survives any failure. The bytes are made
+    in memory first, so a full disk surfaces as the OSError it is ("No space left on device"), not as
+    an internal error of torch's zip writer."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
@@ -60,6 +124,8 @@ def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
         with warnings.catch_warnings():  # a damaged file makes torch warn before it fails: one message is enough
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except OSError as e:  # the file is there but cannot be read: say why (permission, I/O error)
+        raise CheckpointError(f"cannot read {path}: {_reason(e)}")
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model", "vocab")):
@@ -72,13 +138,14 @@ def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
     return ckpt
 
 
-def model_from_checkpoint(ckpt, device="cpu"):
-    """Rebuild (model in eval mode, tokenizer) from a loaded checkpoint."""
+def model_from_checkpoint(ckpt, device="cpu", **overrides):
+    """Rebuild (model in eval mode, tokenizer) from a loaded checkpoint. overrides change settings that
+    do not touch the weights (dropout for a finetune)."""
     try:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         # classification checkpoints also hold a head; keep only the GPT's own weights here
         model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("head.")})
-    except (TypeError, RuntimeError) as e:
+        tok = CharTokenizer(ckpt["vocab"])
+    except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights do not fit the model: {str(e).splitlines()[0]}")
-    return model.to(device).eval(), CharTokenizer(ckpt["vocab"])
-
+    return model.to(device).eval(), tok

@@ -26,6 +26,9 @@ import signal
 import sys
 
 _SIMPLE = (bool, int, float, str, tuple, list, dict, type(None))
+# the keys the last configure() call set from config files or flags (train.py's resume checks them
+# against the checkpoint: a flag the user typed must not be silently ignored)
+given = set()
 
 
 def fail(msg, code=1):
@@ -112,12 +115,14 @@ def configure(g, argv=None):
     """Apply config files and --key=value flags from argv to the dict g (a script's globals())."""
     argv = sys.argv[1:] if argv is None else argv
     known = [k for k, v in g.items() if not k.startswith("_") and isinstance(v, _SIMPLE)]
+    given.clear()
     for arg in argv:
         if not arg.startswith("--"):
             for key, value in read_config_file(arg).items():
                 if key not in known:
                     _unknown(key, known)
                 g[key] = _coerce(key, value, g[key])
+                given.add(key)
         else:
             if "=" not in arg:
                 fail(f"flags look like --key=value, got '{arg}'", 2)
@@ -131,4 +136,5 @@ def configure(g, argv=None):
             if isinstance(g[key], str) and not isinstance(value, str):
                 value = raw  # text settings keep exactly what was typed: --start=[1, 2]
             g[key] = _coerce(key, value, g[key])
+            given.add(key)
     return {k: g[k] for k in known}

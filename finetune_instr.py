@@ -13,18 +13,17 @@ questions. Data: JSONL with {"prompt", "response"} (optionally "kind"), or the A
 """
 import copy
 import json
-import math
 import os
 import random
 import time
 
 import torch
 
-from checkpoint import (CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device,
-                        save_checkpoint)
+from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+                        model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint)
 from configurator import configure, fail
-from model import GPT, GPTConfig, prompt_ids
-from tokenizer import BASE_CHARS, CharTokenizer, clean_text, strip_accents
+from model import GPT, GPTConfig, lr_schedule, pad_batch, prompt_ids
+from tokenizer import BASE_CHARS, CharTokenizer, clean_text, instruction_example, strip_accents
 
 # -----------------------------------------------------------------------------
 init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
@@ -63,6 +62,7 @@ if not 0 <= ema < 1:
 try:
     device = pick_device(device)
     ctx = autocast(device, dtype)
+    scaler = grad_scaler(device, dtype)  # float16 only: loss scaling against underflow
 except ValueError as e:
     fail(e)
 torch.manual_seed(seed)
@@ -184,8 +184,10 @@ def evaluate_checkpoint():
     print(f"held-out evaluation of {ckpt_path} on {test_data} ({time.time() - t0:.1f}s, greedy, model only):")
     print_table(results)
     answers_path = os.path.join(out_dir, "eval_answers.jsonl")
-    with open(answers_path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+    try:
+        atomic_write_text(answers_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    except CheckpointError as e:
+        fail(e)
     print(f"answers written to {answers_path}")
 
 
@@ -206,26 +208,22 @@ if init_from == "scratch":
 else:
     try:
         base = load_checkpoint(init_from, kinds=("pretrain", "instr"))
+        model, tok = model_from_checkpoint(base, "cpu", dropout=dropout)
     except CheckpointError as e:
         fail(e)
     model_args = {**base["model_args"], "dropout": dropout}
-    model = GPT(GPTConfig(**model_args))
-    model.load_state_dict(base["model"])
-    tok = CharTokenizer(base["vocab"])
     pretrain_history = base.get("history", [])
 model.to(device).train()
 block = model.config.block_size
-
+try:  # an out_dir that cannot be written fails now, before any training
+    prepare_out_dir(out_dir)
+except CheckpointError as e:
+    fail(e)
 
 
 def encode(p, r):
-    """x = ids[:-1], y = ids[1:], with y = -100 (ignored) wherever the next token is still part of
-    the prompt: the first kept target is the response's first character, predicted at <resp>."""
-    ids, cut = tok.encode_instruction(p, r, max_len=block + 1)
-    resp_pos = ids.index(tok.resp_id)
-    y = ids[1:]
-    y[:resp_pos] = [-100] * resp_pos
-    return ids[:-1], y, cut
+    """(x, y, cut) of one example: the loss mask covers the response and <eos> only (tokenizer.py)."""
+    return instruction_example(tok, p, r, max_len=block + 1)
 
 
 aug_rng = random.Random(seed)
@@ -258,13 +256,9 @@ print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.n
 
 
 def collate(batch):
-    """Pad a batch to its own longest example: inputs with <pad>, targets with -100."""
-    T = max(len(x) for x, _ in batch)
-    X = torch.full((len(batch), T), tok.pad_id, dtype=torch.long)  # (B, T)
-    Y = torch.full((len(batch), T), -100, dtype=torch.long)  # (B, T)
-    for i, (x, y) in enumerate(batch):
-        X[i, :len(x)] = torch.tensor(x)
-        Y[i, :len(y)] = torch.tensor(y)
+    """Pad a batch to its own longest example: inputs with <pad>, targets with -100 (ignored)."""
+    X = pad_batch([x for x, _ in batch], tok.pad_id)  # (B, T)
+    Y = pad_batch([y for _, y in batch], -100)  # (B, T)
     return X.to(device), Y.to(device)
 
 
@@ -289,10 +283,12 @@ def val_loss():
 
 
 def save():
-    os.makedirs(out_dir, exist_ok=True)
-    save_checkpoint({"kind": "instr", "model_args": model_args, "model": avg_model.state_dict(), "vocab": tok.vocab,
-                     "config": config, "iter_num": it, "best_val_loss": best, "history": history,
-                     "pretrain_history": pretrain_history, "base": init_from}, ckpt_path)
+    try:
+        save_checkpoint({"kind": "instr", "model_args": model_args, "model": avg_model.state_dict(),
+                         "vocab": tok.vocab, "config": config, "iter_num": it, "best_val_loss": best,
+                         "history": history, "pretrain_history": pretrain_history, "base": init_from}, ckpt_path)
+    except CheckpointError as e:
+        fail(e)
 
 
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
@@ -314,9 +310,7 @@ for it in range(max_iters + 1):
                 break
     if it == max_iters:
         break
-    # linear warmup, then cosine decay to min_lr
-    lr = min_lr + (learning_rate - min_lr) * 0.5 * (1 + math.cos(math.pi * it / max_iters))
-    lr *= min(1.0, (it + 1) / warmup_iters)
+    lr = lr_schedule(it, learning_rate, min_lr, warmup_iters, max_iters)  # warmup, then cosine
     for group in optimizer.param_groups:
         group["lr"] = lr
     if len(perm) < batch_size:  # a fresh shuffled pass over the training set
@@ -327,9 +321,11 @@ for it in range(max_iters + 1):
         _, loss = model(X, Y)
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {it}; stopped (the best checkpoint so far is kept)")
-    loss.backward()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)  # float16: skipped if a gradient overflowed
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     if avg_model is not model:
         with torch.no_grad():

@@ -1,14 +1,18 @@
 """
-Crash test for training: start train.py, SIGKILL it at random moments, resume, repeat.
+Crash test for training: start train.py, SIGKILL it at chosen moments, resume, repeat.
 
     python kill_test.py                       # 20 kills of a tiny run (about 1-2 minutes on 2 cores)
     python kill_test.py --kills=3 --max_iters=120
 
-At the end it checks that every checkpoint loads, that the run reached max_iters, that no kill
-lost more than one checkpoint interval of work, and that the resumed run's final losses equal
-an uninterrupted run's exactly (resume restores model, optimizer, schedule, RNGs and data order).
-Everything happens in a temporary folder; the project's files are not touched.
+The kills are aimed, from what the run prints: half land during training steps (a random number
+of steps after the latest checkpoint), half right after an "eval" line, while last.pt / ckpt.pt
+are being written. Each kill is classified afterwards from what is on disk: a *.tmp file left
+behind proves the kill interrupted a checkpoint write. At the end it checks that every
+checkpoint loads, that the run reached max_iters, that no kill lost more than one checkpoint
+interval of work, and that the resumed run's final weights and losses equal an uninterrupted
+run's exactly. Everything happens in a temporary folder; the project's files are not touched.
 """
+import glob
 import json
 import os
 import random
@@ -26,6 +30,7 @@ kills = 20
 max_iters = 2000
 eval_interval = 20  # the checkpoint interval: the most work a kill may lose
 seed = 0
+write_window = 0.02  # seconds: a write-aimed kill comes this long (at most) after the eval line
 keep = False  # keep the temporary folder for inspection
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -50,11 +55,9 @@ def train_cmd(out_dir, init_from):
 p = run([os.path.join(HERE, "prepare.py"), "--input=corpus.txt", "--dataset=kill"])
 if p.returncode:
     fail(p.stderr.strip())
-t0 = time.time()
 ref = run(train_cmd("ref", "scratch"))  # the uninterrupted reference run
 if ref.returncode:
     fail(ref.stderr.strip())
-ref_time = time.time() - t0
 
 import torch  # noqa: E402  (only needed from here on)
 
@@ -78,20 +81,43 @@ def started():
     return any(os.path.exists(os.path.join(work, "run", n)) for n in ("last.pt", "ckpt.pt"))
 
 
-lost, n_killed = [], 0
-while n_killed < kills and progress()[1] < max_iters:
+def kill_once(aim):
+    """Start (or resume) the run and SIGKILL it: aim='train' a few steps into training after a
+    checkpoint exists, aim='write' just after an eval line, while the checkpoint is written.
+    Returns the phase the kill landed in ('write', 'train', 'startup') or None if the run finished."""
     proc = subprocess.Popen([sys.executable, *train_cmd("run", "resume" if started() else "scratch")], cwd=work,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        proc.wait(timeout=rng.uniform(1.5, 2.5))  # ~1.3 s of start-up, then a moment of training
-        break  # finished before the kill came: the run is complete
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
+    steps_to_wait = rng.randint(1, eval_interval - 1)
+    for line in proc.stdout:
+        if line.startswith("iter ") and started():
+            steps_to_wait -= 1
+            if aim == "train" and steps_to_wait <= 0:
+                break
+        if line.startswith("eval ") and aim == "write":
+            time.sleep(rng.uniform(0.0, write_window))  # the checkpoint is being written about now
+            break
+    else:
         proc.wait()
-    n_killed += 1
+        return None  # it finished before the kill came
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    if glob.glob(os.path.join(work, "run", "*.tmp")):
+        return "write"  # a half-written file: the kill landed inside a checkpoint or log write
+    return "train" if started() else "startup"  # after the first checkpoint: in the training loop
+
+
+lost, phases = [], []
+while len(phases) < kills and progress()[1] < max_iters:
+    # alternate the aims, but aim at a write until one has landed inside one
+    phase = kill_once("write" if len(phases) % 2 or "write" not in phases else "train")
+    if phase is None:
+        break
+    phases.append(phase)
     reached, saved = progress()
     lost.append(max(0, reached - saved))
-    print(f"kill {n_killed:2d}: at iteration {reached}, last checkpoint {saved}, lost {lost[-1]} iterations", flush=True)
+    print(f"kill {len(phases):2d} ({phase:7s}): at iteration {reached}, last checkpoint {saved}, "
+          f"lost {lost[-1]} iterations", flush=True)
 
 final = run(train_cmd("run", "resume" if started() else "scratch"))
 if final.returncode:
@@ -107,13 +133,17 @@ ref_last = torch.load(os.path.join(work, "ref", "last.pt"), weights_only=True)
 evals = [(h["iter"], h["val_loss"]) for h in last["history"] if "val_loss" in h]
 ref_evals = [(h["iter"], h["val_loss"]) for h in ref_last["history"] if "val_loss" in h]
 same_weights = all(torch.equal(last["model"][k], ref_last["model"][k]) for k in ref_last["model"])
-report = {"kills": n_killed, "checkpoints_verified": checked, "finished_at": last["iter_num"],
+report = {"kills": len(phases), "kills_during_training": phases.count("train"),
+          "kills_during_write": phases.count("write"), "kills_during_startup": phases.count("startup"),
+          "checkpoints_verified": checked, "tmp_files_left": len(glob.glob(os.path.join(work, "run", "*.tmp"))),
+          "finished_at": last["iter_num"],
           "max_lost_iterations": max(lost, default=0), "checkpoint_interval": eval_interval,
           "same_final_weights_as_uninterrupted": same_weights, "same_val_losses": evals == ref_evals}
 print(json.dumps(report))
 if not keep:
     shutil.rmtree(work, ignore_errors=True)
-ok = (last["iter_num"] == max_iters and max(lost, default=0) <= eval_interval and same_weights and evals == ref_evals)
+ok = (last["iter_num"] == max_iters and not report["tmp_files_left"] and max(lost, default=0) <= eval_interval
+      and same_weights and evals == ref_evals)
 if not ok:
     fail("kill test failed: " + json.dumps(report))
 print("kill test passed")

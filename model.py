@@ -187,13 +187,9 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        # decay the matrices (matmuls, embeddings); never biases or norm gains
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         extra = {"fused": True} if device_type == "cuda" else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+        return torch.optim.AdamW(param_groups(params, weight_decay), lr=learning_rate, betas=betas, **extra)
 
     @torch.inference_mode()  # like no_grad, and also skips autograd's bookkeeping on views: ~10% faster here
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None,
@@ -240,18 +236,56 @@ class GPT(nn.Module):
         return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
 
 
+def param_groups(params, weight_decay, lr=None):
+    """The one weight-decay rule of the kit: decay the matrices (matmuls, embeddings), never biases or
+    norm gains (decaying a gain towards 0 only fights the normalization). lr, if given, is set per group."""
+    params = list(params)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if lr is not None:
+        for g in groups:
+            g["lr"] = lr
+    return [g for g in groups if g["params"]]
+
+
+def lr_schedule(it, learning_rate, min_lr, warmup_iters, decay_iters):
+    """The one learning-rate schedule of the kit: linear warmup over warmup_iters, then a cosine from
+    learning_rate down to min_lr at decay_iters, then min_lr."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def pad_batch(seqs, value):
+    """Right-pad lists of ids to the longest of them: a (B, T) LongTensor. Causal attention means
+    padding after a sequence never changes what its real tokens see."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
 def prompt_ids(tok, prompt, block_size, max_new_tokens):
     """What an instruction model sees for a prompt: <instr> prompt <resp>, the prompt cut from the
     left if needed so that an answer of max_new_tokens still fits the window. Returns (ids, cut)."""
     return tok.encode_instruction(prompt, max_len=max(block_size // 2, block_size - max_new_tokens))
 
 
-def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
-    """Yield an instruction model's answer to prompt character by character, until <eos>."""
+def answer_ids(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
+    """Yield the token ids an instruction model writes after prompt, its final <eos> included. Raw traces
+    are built from these ids, not from the text: special tokens have no text to encode back."""
     ids, _ = prompt_ids(tok, prompt, model.config.block_size, max_new_tokens)
     idx = torch.tensor([ids], dtype=torch.long, device=model.wte.weight.device)  # (1, T)
     for t in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,
                                    stop_token=tok.eos_id, generator=generator):
-        if t.item() == tok.eos_id:
-            return
-        yield tok.decode([t.item()])
+        yield t.item()
+
+
+def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
+    """Yield an instruction model's answer to prompt character by character, until <eos>."""
+    for i in answer_ids(model, tok, prompt, max_new_tokens, temperature, top_k, generator):
+        if i != tok.eos_id:
+            yield tok.decode([i])

@@ -19,6 +19,7 @@ import urllib.request
 
 import numpy as np
 
+from checkpoint import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir
 from configurator import configure, fail, jsonl_objects
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text
 
@@ -102,10 +103,11 @@ def download(name, out_dir):
              f"{path} yourself, or run: python prepare.py --input=/path/to/input.txt --dataset={name}")
     if len(raw) != size or hashlib.sha256(raw).hexdigest() != sha:
         fail(f"downloaded {name} does not match the expected size/sha256 (got {len(raw)} bytes); not saved")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(raw)
-    os.replace(path + ".tmp", path)
+    try:
+        prepare_out_dir(out_dir)
+        atomic_write(path, lambda f: f.write(raw))
+    except CheckpointError as e:
+        fail(e)
     return path
 
 
@@ -146,18 +148,21 @@ for d in docs:
 if len(val_ids) < 2 or len(train_ids) < 2:
     fail(f"corpus too small to split ({n_chars} characters)")
 
-os.makedirs(out_dir, exist_ok=True)
-for name, ids in (("train", train_ids), ("val", val_ids)):
-    np.array(ids, dtype=np.uint16).tofile(os.path.join(out_dir, f"{name}.bin.tmp"))
-    os.replace(os.path.join(out_dir, f"{name}.bin.tmp"), os.path.join(out_dir, f"{name}.bin"))
+try:
+    prepare_out_dir(out_dir)
+except CheckpointError as e:
+    fail(e)
 meta = {
-    "vocab": tok.vocab, "vocab_size": len(tok), "lowercase": lowercase,
+    "vocab": tok.vocab, "vocab_size": len(tok), "dtype": "uint16", "lowercase": lowercase,
     "chars": n_chars, "documents": len(docs), "train_tokens": len(train_ids), "val_tokens": len(val_ids),
     "source": os.path.abspath(source) if source != SHIPPED_CORPUS else "data/es/corpus (shipped)",
     "source_sha256": hashlib.sha256(raw).hexdigest(),
 }
-with open(os.path.join(out_dir, "meta.json.tmp"), "w", encoding="utf-8") as f:
-    json.dump(meta, f, ensure_ascii=False, indent=1)
-os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+try:  # meta.json last: train.py checks the .bin sizes against it, so a half-done prepare is caught
+    for name, ids in (("train", train_ids), ("val", val_ids)):
+        atomic_write(os.path.join(out_dir, f"{name}.bin"), lambda f: f.write(np.array(ids, dtype=np.uint16).tobytes()))
+    atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=1))
+except CheckpointError as e:
+    fail(e)
 print(f"{source}: {len(docs)} documents, {n_chars:,} characters, vocabulary {len(tok)}")
 print(f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens -> {out_dir}/")

@@ -15,7 +15,7 @@ import torch
 
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail
-from model import answer_stream
+from model import answer_ids, prompt_ids
 from tokenizer import clean_text
 
 # -----------------------------------------------------------------------------
@@ -68,13 +68,14 @@ if ckpt["kind"] == "instr":
             fail("no --prompt given and nothing on stdin")
     for q in questions:
         q = clean_prompt(q)
-        pieces = []
-        for piece in answer_stream(model, tok, q, max_new_tokens, temp, top_k, gen):
-            pieces.append(piece)
-            print(piece, end="", flush=True)
+        new = []
+        for i in answer_ids(model, tok, q, max_new_tokens, temp, top_k, gen):
+            new.append(i)
+            print(tok.decode([i]), end="", flush=True)  # <eos> and the other specials print nothing
         print()
-        if show_raw:
-            print(f"[raw] <instr>{q}<resp>{''.join(pieces)}<eos>")
+        if show_raw:  # what the model read and wrote, from its ids: <instr> prompt <resp> answer [<eos>]
+            ids, _ = prompt_ids(tok, q, model.config.block_size, max_new_tokens)
+            print("[raw] " + tok.decode(ids + new, specials=True))
 else:
     if prompt:
         fail(f"{out_dir} holds a pretrained model, which continues text: use --start=... "

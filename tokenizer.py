@@ -76,3 +76,15 @@ class CharTokenizer:
             cut = max(0, len(p) + len(r) + 2 - max_len)
             p = p[cut:]
         return [self.instr_id] + p + [self.resp_id] + r, cut
+
+
+def instruction_example(tok, prompt, response, max_len):
+    """One training example for instruction tuning: (x, y, cut). x = ids[:-1] and y = ids[1:] of
+    <instr> prompt <resp> response <eos>, with y = -100 (ignored by the loss) wherever the next token
+    is still part of the prompt: the first kept target is the response's first token, predicted at
+    <resp>, and the last is <eos>. The model learns to answer, not to write questions."""
+    ids, cut = tok.encode_instruction(prompt, response, max_len=max_len)
+    resp_pos = ids.index(tok.resp_id)
+    y = ids[1:]
+    y[:resp_pos] = [-100] * resp_pos
+    return ids[:-1], y, cut

@@ -7,22 +7,29 @@ overridden by config files and --key=value flags.
     python train.py config/pretrain_char.py --init_from=resume          # continue a run
     torchrun --standalone --nproc_per_node=2 train.py config/pretrain_char.py
 
-Checkpoints (atomic writes): out_dir/last.pt at every evaluation (what resume reads) and
-out_dir/ckpt.pt whenever the val loss improves (what sample.py and the finetunes read).
+Checkpoints (atomic, fsynced writes): out_dir/last.pt at every evaluation (what resume reads) and
+out_dir/ckpt.pt whenever the val loss improves (what sample.py and the finetunes read). An
+evaluation whose loss is not finite stops the run before anything is written.
 out_dir/log.jsonl has one line per log/eval step for plots.
+
+Randomness is derived, not stored: every micro-batch draws its sequences and dropout masks from a
+seed made of (seed, iteration, micro-batch index across all ranks). So ranks never repeat each
+other's batches, a resumed run continues exactly like an uninterrupted one, and 2 processes x 1
+micro-batch see the very batches that 1 process x 2 micro-batches sees.
 """
 import json
 import math
 import os
-import random
 import time
 
 import numpy as np
 import torch
 
-from checkpoint import CheckpointError, autocast, load_checkpoint, pick_device, save_checkpoint
+import configurator
+from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint, pick_device,
+                        prepare_out_dir, save_checkpoint)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, lr_schedule, param_groups
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -96,6 +103,7 @@ master = rank == 0  # only rank 0 evaluates, writes checkpoints and logs
 device_type = device.split(":")[0]
 try:
     ctx = autocast(device, dtype)
+    scaler = grad_scaler(device, dtype)  # float16 only: scales the loss so small gradients do not underflow
 except ValueError as e:
     fail(e)
 
@@ -103,20 +111,38 @@ except ValueError as e:
 data_dir = os.path.join(data_root, dataset)
 if not os.path.isfile(os.path.join(data_dir, "meta.json")):
     fail(f"no prepared data in {data_dir}/ (run: python prepare.py --dataset={dataset})")
-with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
-    meta = json.load(f)
-vocab = meta["vocab"]
-train_data = np.memmap(os.path.join(data_dir, "train.bin"), dtype=np.uint16, mode="r")
-val_data = np.memmap(os.path.join(data_dir, "val.bin"), dtype=np.uint16, mode="r")
-if min(len(train_data), len(val_data)) <= block_size + 1:
-    fail(f"corpus too short for block_size={block_size}: train has {len(train_data)} tokens, "
-         f"val {len(val_data)}; use more text or a smaller --block_size")
-tokens_per_iter = gradient_accumulation_steps * world * batch_size * block_size
+try:
+    with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    vocab = meta["vocab"]
+    bin_dtype = np.dtype(meta.get("dtype", "uint16"))  # uint16 while the vocabulary fits
+    assert isinstance(vocab, list) and all(isinstance(v, str) for v in vocab) and len(vocab) > 5
+except (ValueError, KeyError, TypeError, AssertionError, OSError):
+    fail(f"{data_dir}/meta.json is damaged or not prepare.py's (run prepare.py again)")
+
+
+def open_split(split):
+    """The token file of a split, memory-mapped (never read whole), checked against meta.json."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        fail(f"{path} is missing (run prepare.py again)")
+    if os.path.getsize(path) != meta.get(f"{split}_tokens", -1) * bin_dtype.itemsize:
+        fail(f"{path} has {os.path.getsize(path)} bytes, but meta.json says {meta.get(f'{split}_tokens')} tokens "
+             f"of {bin_dtype.itemsize} bytes: the files do not belong together (run prepare.py again)")
+    data = np.memmap(path, dtype=bin_dtype, mode="r")
+    top = max((int(data[i:i + (1 << 24)].max()) for i in range(0, len(data), 1 << 24)), default=0)
+    if top >= len(vocab):
+        fail(f"{path} holds token id {top}, but the vocabulary has {len(vocab)} entries (run prepare.py again)")
+    return data
+
+
+train_data, val_data = open_split("train"), open_split("val")
 
 
 def get_batch(data, gen):
-    """batch_size random windows of block_size+1 tokens: x is the window, y the same shifted by one."""
-    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=gen)
+    """batch_size random windows of block_size+1 tokens: x is the window, y the same shifted by one.
+    A window may start at any i with i + block_size < len(data), so the split's last token is a target too."""
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=gen)
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
     return x.to(device), y.to(device)  # (B, T), (B, T)
@@ -140,20 +166,41 @@ elif init_from == "resume":
     if resumed["vocab"] != vocab:
         fail(f"the checkpoint's vocabulary ({len(resumed['vocab'])} tokens) differs from {data_dir}'s "
              f"({len(vocab)}); resume with the data it was trained on")
-    # the architecture comes from the checkpoint; dropout may be changed on resume
+    # the architecture comes from the checkpoint: a flag that contradicts it is an error, not silently
+    # ignored. dropout and use_sdpa change no weight: those flags apply (and say so)
+    for key, ck_value in resumed["model_args"].items():
+        if key in configurator.given and key in globals() and globals()[key] != ck_value:
+            if key not in ("dropout", "use_sdpa"):
+                fail(f"--{key}={globals()[key]} conflicts with the checkpoint's {key}={ck_value}: on resume the "
+                     f"architecture comes from the checkpoint (drop the flag, or start a new run in another --out_dir)")
+            if master:
+                print(f"note: {key} changed on resume: {ck_value} -> {globals()[key]}")
     model_args = {**resumed["model_args"], "dropout": dropout}
+    if "use_sdpa" in configurator.given:
+        model_args["use_sdpa"] = use_sdpa
+    block_size = model_args["block_size"]
     iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
     history = [h for h in resumed.get("history", []) if h["iter"] <= iter_num]
 else:
     fail(f"init_from must be 'scratch' or 'resume', got '{init_from}'")
 
-torch.manual_seed(seed + rank)
-random.seed(seed + rank)
-np.random.seed(seed + rank)
-batch_gen = torch.Generator().manual_seed(seed + rank)  # the data order, saved for exact resume
+if min(len(train_data), len(val_data)) <= block_size:
+    fail(f"corpus too short for block_size={block_size}: train has {len(train_data)} tokens, "
+         f"val {len(val_data)}; use more text or a smaller --block_size")
+tokens_per_iter = gradient_accumulation_steps * world * batch_size * block_size
+if master:  # fail now, not after an hour of training, if out_dir cannot be written
+    try:
+        prepare_out_dir(out_dir)
+    except CheckpointError as e:
+        fail(e)
+torch.manual_seed(seed)  # the initial weights (the same on every rank)
+batch_gen = torch.Generator()  # reseeded for every micro-batch (see the docstring)
 model = GPT(GPTConfig(**model_args))
 if resumed:
-    model.load_state_dict(resumed["model"])
+    try:
+        model.load_state_dict(resumed["model"])
+    except RuntimeError as e:
+        fail(f"the checkpoint's weights do not fit its own architecture (damaged?): {str(e).splitlines()[0]}")
 model.to(device)
 
 
@@ -188,19 +235,17 @@ if muon_lr > 0:
     matrices = [p for n, p in model.named_parameters() if n.startswith("h.") and p.dim() == 2]
     rest = [p for n, p in model.named_parameters() if not (n.startswith("h.") and p.dim() == 2)]
     optimizers = [Muon(matrices, lr=muon_lr),
-                  torch.optim.AdamW([{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-                                     {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
-                                    lr=learning_rate, betas=(beta1, beta2))]
+                  torch.optim.AdamW(param_groups(rest, weight_decay), lr=learning_rate, betas=(beta1, beta2))]
 else:
     optimizers = [model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)]
 if resumed:
-    for opt, state in zip(optimizers, resumed["optimizer"]):
-        opt.load_state_dict(state)
-    rng = resumed["rng"]
-    torch.set_rng_state(rng["torch"])
-    batch_gen.set_state(rng["batch"])
-    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
-    np.random.set_state(("MT19937", rng["numpy"][0].numpy().astype(np.uint32), *rng["numpy"][1:]))
+    try:
+        for opt, state in zip(optimizers, resumed["optimizer"], strict=True):
+            opt.load_state_dict(state)
+    except (ValueError, KeyError) as e:
+        fail(f"the checkpoint's optimizer state does not fit this run (was --muon_lr changed?): {e}")
+    if resumed.get("scaler"):
+        scaler.load_state_dict(resumed["scaler"])
     if master:
         print(f"resuming from iteration {iter_num} (best val loss {best_val_loss:.4f})")
 raw_model = model
@@ -210,15 +255,6 @@ if ddp:
     model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
 if master:
     print(f"{raw_model.num_params():,} parameters | {tokens_per_iter:,} tokens per iteration | device {device}")
-
-
-def get_lr(it):
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
 
 
 @torch.no_grad()
@@ -244,25 +280,25 @@ def write_log(append=None):
     """At a checkpoint: rewrite the whole log atomically (it then matches last.pt, also after a
     resume). In between: append one line with a single write."""
     path = os.path.join(out_dir, "log.jsonl")
-    if append is not None and os.path.exists(path):
-        with open(path, "a") as f:
-            f.write(json.dumps(append) + "\n")
-        return
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
-    os.replace(path + ".tmp", path)
+    try:
+        if append is not None and os.path.exists(path):
+            with open(path, "a") as f:
+                f.write(json.dumps(append) + "\n")
+            return
+        atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+    except (OSError, CheckpointError) as e:
+        fail(f"could not write {path}: {getattr(e, 'strerror', None) or e}")
 
 
 def save(path):
-    np_state = np.random.get_state()
-    save_checkpoint({
-        "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), "vocab": vocab,
-        "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
-        "optimizer": [opt.state_dict() for opt in optimizers],
-        # every random source, so a resumed run continues exactly like an uninterrupted one
-        "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state(), "python": random.getstate(),
-                "numpy": (torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])},
-    }, path)
+    try:
+        save_checkpoint({
+            "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), "vocab": vocab,
+            "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
+            "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
+        }, path)
+    except CheckpointError as e:
+        fail(e)
 
 
 # a Ctrl-C or kill (SIGTERM) asks the loop to stop at the end of the current iteration,
@@ -270,13 +306,11 @@ def save(path):
 stop = catch_stop_signals()
 
 # training loop ---------------------------------------------------------------
-if master:
-    os.makedirs(out_dir, exist_ok=True)
 t_start, t0 = time.time(), 0.0
 start_iter = iter_num
 train_time = 0.0  # seconds spent training, without evaluations (for max_seconds)
 while True:
-    lr = get_lr(iter_num)
+    lr = lr_schedule(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
     for opt in optimizers:  # Muon's rate follows the same schedule, scaled
         for group in opt.param_groups:
             group["lr"] = lr * (muon_lr / learning_rate if isinstance(opt, Muon) else 1.0)
@@ -284,9 +318,12 @@ while True:
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         losses = estimate_loss()
+        if not all(math.isfinite(v) for v in losses.values()):  # the weights went bad: keep the last good files
+            fail(f"the evaluation at iteration {iter_num} gave a non-finite loss ({losses}); stopped without "
+                 f"saving. The last good checkpoint in {out_dir}/ is kept. Try a lower --learning_rate")
         train_part = f"train {losses['train']:.4f}, " if eval_train else ""
         print(f"eval {iter_num}: {train_part}val {losses['val']:.4f} nats/token "
-              f"({losses['val'] / math.log(2):.3f} bits/char)")
+              f"({losses['val'] / math.log(2):.3f} bits/char)", flush=True)
         history.append({"iter": iter_num, "train_loss": losses.get("train"), "val_loss": losses["val"],
                         "elapsed_s": round(time.time() - t_start, 2)})
         improved = losses["val"] < best_val_loss
@@ -310,19 +347,26 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         if ddp:  # only sync gradients across ranks on the last micro-step
             model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        # this micro-batch's own seed: (seed, iteration, its index among all ranks' micro-batches)
+        k = (iter_num * world + rank) * gradient_accumulation_steps + micro_step
+        batch_gen.manual_seed(seed * 1_000_003 + k)  # which windows
+        torch.manual_seed(seed * 1_000_003 + k)  # which dropout masks
         X, Y = get_batch(train_data, batch_gen)
         with ctx:
             _, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps
-        loss.backward()
+        scaler.scale(loss).backward()  # (a no-op scale unless float16)
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
+    for opt in optimizers:
+        scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
     if grad_clip > 0.0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for opt in optimizers:
-        opt.step()
+        scaler.step(opt)  # float16: skipped if a gradient overflowed (the scale then shrinks)
         opt.zero_grad(set_to_none=True)
+    scaler.update()
     train_time += time.time() - tstep
     iter_num += 1
 
@@ -340,8 +384,20 @@ while True:
 if master:
     print(f"done: best val loss {best_val_loss:.4f} nats/token ({best_val_loss / math.log(2):.3f} bits/char), "
           f"{time.time() - t_start:.1f}s -> {ckpt_path}")
-if ddp:  # leave together: a rank tearing gloo down while another still talks to it aborts
+if ddp:
+    # every rank must hold the same weights (all-reduced gradients, same updates): measure it
+    with torch.no_grad():
+        flat = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
+        ref = flat.clone()
+        torch.distributed.broadcast(ref, 0)
+        drift = (flat - ref).abs().max()
+        torch.distributed.all_reduce(drift, op=torch.distributed.ReduceOp.MAX)
+    if master:
+        print(f"ranks in sync: max |weight difference| across {world} ranks = {drift.item():.3g}")
+    # leave together: a rank tearing gloo down while another still talks to it aborts. The DDP wrapper
+    # holds gloo work objects: freed while the group is alive (else ~1 run in 8 aborted at exit here)
     torch.distributed.barrier()
+    del model
     destroy_process_group()
 if stop["signal"]:
     raise SystemExit(stop_exit_code(stop))

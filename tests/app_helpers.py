@@ -143,3 +143,23 @@ def build_broken_checkpoint(root, src_root):
     os.makedirs(os.path.join(root, "out-instr"), exist_ok=True)
     save_checkpoint(ck, os.path.join(root, "out-instr", "ckpt.pt"))
     return root
+
+
+def build_constant_checkpoint(root, src_root, token_id):
+    """root/out-instr: an instruction checkpoint that writes token_id at every step, whatever it reads
+    (ln_f's gain is 0, so every final state is ln_f's bias, which points at token_id's row of the tied
+    output table) — for the tests that the raw trace keeps the generated ids."""
+    src = os.path.join(build_tiny_checkpoints(src_root), "out-instr", "ckpt.pt")
+    ck = torch.load(src, weights_only=True)
+    sd = {k: v.clone() for k, v in ck["model"].items()}
+    sd["ln_f.weight"].zero_()
+    sd["ln_f.bias"].zero_()
+    sd["ln_f.bias"][0] = 10.0
+    table = sd["wte.weight"]
+    table[:, 0] = 0.0
+    table[token_id, 0] = 1.0  # logits = table @ bias: 10 for token_id, 0 for the rest
+    sd["lm_head.weight"] = table  # tied: both names hold the same table
+    ck["model"] = sd
+    os.makedirs(os.path.join(root, "out-instr"), exist_ok=True)
+    save_checkpoint(ck, os.path.join(root, "out-instr", "ckpt.pt"))
+    return root

@@ -7,9 +7,8 @@ import sys
 
 import torch
 
-from conftest import ROOT, assert_one_line_error, run
+from conftest import ROOT, TINY, assert_one_line_error, run, run_many
 
-TINY = os.path.join(ROOT, "config", "test_tiny.py")
 
 
 def test_bench_sample_cache_faster_and_identical(tiny_run):
@@ -48,25 +47,42 @@ def test_bench_race_two_configs(tiny_run, tmp_path):
     assert "mode must be" in assert_one_line_error(run("bench.py", "--mode=fly"))
 
 
-def test_ddp_two_processes_match_single_process(tiny_run):
+def test_ddp_averages_gradients_and_resumes_exactly(tiny_run):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
-    common = [os.path.join(ROOT, "train.py"), TINY, "--dataset=tiny", "--gradient_accumulation_steps=2",
-              "--max_iters=40", "--eval_interval=20"]
-    single = subprocess.run([sys.executable, *common, "--out_dir=single"], cwd=tiny_run, capture_output=True,
-                            text=True, timeout=240)
-    assert single.returncode == 0, single.stderr
+    common = [TINY, "--dataset=tiny", "--gradient_accumulation_steps=2", "--max_iters=20", "--eval_interval=10"]
     # one thread per rank (2 ranks on 2 cores), and gloo on the loopback interface only
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    ddp = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *common, "--out_dir=ddp"],
-                         cwd=tiny_run, capture_output=True, text=True, timeout=240, env=env)
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
-    a = torch.load(tiny_run / "single" / "last.pt", weights_only=True)
-    b = torch.load(tiny_run / "ddp" / "last.pt", weights_only=True)
-    assert a["iter_num"] == b["iter_num"] == 40
-    va = [h["val_loss"] for h in a["history"] if "val_loss" in h]
-    vb = [h["val_loss"] for h in b["history"] if "val_loss" in h]
-    # same global batch (2 x 8 sequences per step), different random batches: close, not equal
-    assert abs(va[-1] - vb[-1]) < 0.15, (va, vb)
-    assert vb[-1] < vb[0] or len(vb) == 1
+
+    def ddp(*args):
+        p = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "train.py"), *common,
+                            *args], cwd=tiny_run, capture_output=True, text=True, timeout=240, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "ranks in sync: max |weight difference| across 2 ranks = 0\n" in p.stdout, p.stdout[-500:]
+        return p
+
+    # one process, 2 micro-batches per step; and one that trains on only one of them: what a rank
+    # that never all-reduces its gradients would do
+    one, half = run_many([("train.py", *common, "--out_dir=single"),
+                          ("train.py", *common, "--gradient_accumulation_steps=1", "--out_dir=half")], cwd=tiny_run)
+    assert one.returncode == 0 and half.returncode == 0, one.stderr + half.stderr
+    full = ddp("--out_dir=ddp")
+    ddp("--out_dir=ddp_part", "--max_iters=10")  # interrupted at 10, then resumed with 2 ranks again
+    ddp("--out_dir=ddp_part", "--init_from=resume")
+    w = {d: torch.load(tiny_run / d / "last.pt", weights_only=True) for d in ("single", "half", "ddp", "ddp_part")}
+
+    def gap(a, b):
+        return max((w[a]["model"][k] - w[b]["model"][k]).abs().max().item() for k in w[a]["model"])
+
+    assert w["ddp"]["iter_num"] == w["ddp_part"]["iter_num"] == 20
+    # each rank drew its own micro-batch (rank r = micro-batch r of the single process) and the
+    # gradients were averaged: 2 ranks land where 1 process with both micro-batches lands. Ranks that
+    # drew the same batches, or did not all-reduce, would be as far off as `half` is
+    tol = 1e-4
+    assert gap("ddp", "single") < tol, gap("ddp", "single")
+    assert gap("half", "single") > 100 * tol, gap("half", "single")
+    # the resumed 2-rank run continues exactly: same weights, same evaluations
+    assert gap("ddp_part", "ddp") == 0.0
+    assert [h for h in w["ddp_part"]["history"] if "val_loss" in h][-1]["val_loss"] == \
+        [h for h in w["ddp"]["history"] if "val_loss" in h][-1]["val_loss"]
     # only rank 0 wrote: one log, and its progress lines are not doubled
-    assert ddp.stdout.count("iter 40/40") == 1
+    assert full.stdout.count("iter 20/20") == 1

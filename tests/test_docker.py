@@ -72,6 +72,14 @@ def test_dockerfile_contents():
                                       "--browser.gatherUsageStats=false"]
 
 
+def test_container_binds_all_interfaces_and_is_published_locally():
+    # .streamlit/config.toml binds 127.0.0.1 (test_app.py); in the container the published port must
+    # reach the server, so CMD overrides it, and the documented `docker run` publishes on 127.0.0.1 only
+    assert "--server.address=0.0.0.0" in json.loads(one("CMD"))
+    runs = [ln for ln in open(DOCKERFILE, encoding="utf-8") if "docker run" in ln]
+    assert runs and all(" -p 127.0.0.1:8501:8501 " in ln for ln in runs), runs
+
+
 def _ignored(path, patterns):
     hit = False
     for p in patterns:

@@ -4,30 +4,14 @@ import os
 
 import torch
 
-from conftest import ROOT, assert_one_line_error, run
+from conftest import ROOT, assert_one_line_error, run, run_many
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from model import GPT, GPTConfig, answer_stream
-from tokenizer import BASE_CHARS, CharTokenizer
+from model import GPT, GPTConfig, answer_stream, pad_batch
+from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
 
 PAIRS = [("¿Los perros son caninos?", "Sí, los perros son caninos."),
          ("¿Cuál es la capital de Costa Rica?", "San José."),
          ("¿Qué hora es?", "No lo sé.")]
-
-
-def test_loss_mask_covers_exactly_response_and_eos():
-    tok = CharTokenizer.from_texts([BASE_CHARS])
-    ids, cut = tok.encode_instruction("hola", "sí")
-    assert cut == 0 and ids == [tok.instr_id, *tok.encode("hola"), tok.resp_id, *tok.encode("sí"), tok.eos_id]
-    # the same recipe finetune_instr.py uses: targets are ids[1:], prompt positions ignored
-    resp_pos = ids.index(tok.resp_id)
-    y = ids[1:]
-    y[:resp_pos] = [-100] * resp_pos
-    kept = [t for t in y if t != -100]
-    assert kept == tok.encode("sí") + [tok.eos_id]
-    # truncation keeps the end of a long prompt and the whole response
-    ids, cut = tok.encode_instruction("x" * 50 + "¿pregunta?", "respuesta", max_len=30)
-    assert len(ids) == 30 and cut == (1 + 60 + 1 + 9 + 1) - 30  # <instr> prompt <resp> response <eos>
-    assert tok.decode(ids).endswith("¿pregunta?respuesta")
 
 
 def _make_base(tmp_path, block_size=64):
@@ -84,24 +68,37 @@ def test_malformed_jsonl_reports_line_numbers(tmp_path):
     base = _make_base(tmp_path)
     lines = ['{"prompt": "a", "response": "b"}', "{not json", '{"prompt": "a"}', "", '{"prompt": "c", "response": "d"}']
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    p = run("finetune_instr.py", f"--init_from={base}", "--data=bad.jsonl", "--out_dir=ob", cwd=tmp_path)
-    line = assert_one_line_error(p)
-    assert "line 2, 3" in line and not (tmp_path / "ob").exists()
+    (tmp_path / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n', encoding="utf-8")
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    # a backbone whose weights do not fit its own model_args (a damaged or hand-edited file)
+    ck = load_checkpoint(str(base))
+    ck["model_args"]["n_embd"] = 32
+    (tmp_path / "misfit").mkdir()
+    save_checkpoint(ck, str(tmp_path / "misfit" / "ckpt.pt"))
+    common = [f"--init_from={base}", "--data=good.jsonl", "--max_iters=1"]
+    malformed, misfit, unwritable = run_many([
+        ("finetune_instr.py", f"--init_from={base}", "--data=bad.jsonl", "--out_dir=ob"),
+        ("finetune_instr.py", *common, "--init_from=misfit", "--out_dir=om"),
+        ("finetune_instr.py", *common, "--out_dir=afile/out")], cwd=tmp_path)
+    assert "line 2, 3" in assert_one_line_error(malformed) and not (tmp_path / "ob").exists()
+    assert "do not fit" in assert_one_line_error(misfit) and not (tmp_path / "om").exists()
+    assert "cannot write to out_dir" in assert_one_line_error(unwritable)
 
 
-def test_collate_pads_and_ignores(tmp_path):
-    # dynamic padding: an uneven batch is padded to its longest example, and padding never
-    # changes the loss of the real tokens (it sits after them and is ignored)
+def test_padding_never_changes_the_loss_of_real_tokens():
+    """finetune_instr.py's batches: instruction_example (the loss mask) + pad_batch (inputs padded with
+    <pad>, targets with -100). Padding sits after the real tokens and is ignored: the loss is the same."""
     tok = CharTokenizer.from_texts([BASE_CHARS])
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=len(tok), block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
-    ids, _ = tok.encode_instruction("hola", "que tal")
-    rp = ids.index(tok.resp_id)
-    x, y = ids[:-1], [-100] * rp + ids[rp + 1:]
-    X1, Y1 = torch.tensor([x]), torch.tensor([y])
-    X2 = torch.tensor([x + [tok.pad_id] * 9])
-    Y2 = torch.tensor([y + [-100] * 9])
-    assert torch.allclose(m(X1, Y1)[1], m(X2, Y2)[1], atol=1e-6)
+    short = instruction_example(tok, "hola", "que tal", max_len=65)[:2]
+    long = instruction_example(tok, "una pregunta bastante más larga", "sí", max_len=65)[:2]
+    alone = m(pad_batch([short[0]], tok.pad_id), pad_batch([short[1]], -100))[1]
+    X, Y = pad_batch([short[0], long[0]], tok.pad_id), pad_batch([short[1], long[1]], -100)
+    assert X[0, len(short[0]):].eq(tok.pad_id).all() and Y[0, len(short[1]):].eq(-100).all()
+    logits, _ = m(X, Y)
+    loss_short = torch.nn.functional.cross_entropy(logits[0], Y[0], ignore_index=-100)
+    assert torch.allclose(alone, loss_short, atol=1e-6)
 
 
 def test_ema_saves_the_weight_average(tmp_path):
@@ -113,10 +110,11 @@ def test_ema_saves_the_weight_average(tmp_path):
             f.write(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n")
     start = load_checkpoint(str(base))["model"]
     moved = {}
-    for ema in ("0.0", "0.9999"):
-        p = run("finetune_instr.py", f"--init_from={base}", "--data=train.jsonl", "--test_data=", f"--ema={ema}",
-                f"--out_dir=o{ema}", "--max_iters=30", "--eval_interval=30", "--batch_size=8",
-                "--learning_rate=3e-3", "--val_fraction=0.0", "--device=cpu", cwd=tmp_path)
+    runs = run_many([("finetune_instr.py", f"--init_from={base}", "--data=train.jsonl", "--test_data=", f"--ema={ema}",
+                      f"--out_dir=o{ema}", "--max_iters=30", "--eval_interval=30", "--batch_size=8",
+                      "--learning_rate=3e-3", "--val_fraction=0.0", "--device=cpu") for ema in ("0.0", "0.9999")],
+                    cwd=tmp_path)
+    for ema, p in zip(("0.0", "0.9999"), runs):
         assert p.returncode == 0, p.stderr
         saved = load_checkpoint(str(tmp_path / f"o{ema}"), kinds=("instr",))["model"]
         moved[ema] = sum((saved[k] - start[k]).norm().item() for k in start)

@@ -1,0 +1,85 @@
+"""configurator.py: config files and --key=value flags, parsed safely, with one-line errors."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import configurator
+from configurator import configure
+
+
+def _cfg():
+    return {"batch_size": 12, "learning_rate": 1e-3, "out_dir": "out", "compile": False, "top_k": None}
+
+
+def test_configurator_parses_flags_and_files(tmp_path):
+    cfgfile = tmp_path / "c.py"
+    cfgfile.write_text("batch_size = 4\nimport math\nlearning_rate = math.pi / 10\n")
+    g = _cfg()
+    out = configure(g, [str(cfgfile), "--out_dir=run-1", "--compile=true", "--learning_rate=1", "--top_k=5"])
+    assert g["batch_size"] == 4 and abs(g["learning_rate"] - 1.0) < 1e-12 and isinstance(g["learning_rate"], float)
+    assert g["out_dir"] == "run-1" and g["compile"] is True and g["top_k"] == 5
+    assert out["batch_size"] == 4
+    g = _cfg()
+    configure(g, ["--compile=False", "--out_dir=[1, 2]"])
+    assert g["compile"] is False and g["out_dir"] == "[1, 2]"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--batch_sise=3"], "did you mean: batch_size"),
+    (["--batch_size=3.5"], "expects an int"),
+    (["--learning_rate=fast"], "expects a float"),
+    (["--compile=yes"], "expects a bool"),
+    (["--batch_size"], "--key=value"),
+    (["no_such_config.py"], "config file not found"),
+])
+def test_configurator_errors(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as e:
+        configure(_cfg(), argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+
+
+def test_configurator_never_evaluates_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    g = _cfg()
+    configure(g, [f"--out_dir=__import__('os').system('touch {marker}')"])
+    assert not marker.exists() and g["out_dir"].startswith("__import__")
+    with pytest.raises(SystemExit):
+        configure(_cfg(), [f"--batch_size=__import__('os').system('touch {marker}')"])
+    assert not marker.exists()
+
+
+def test_configurator_rejects_unknown_key_in_config_file(tmp_path, capsys):
+    cfgfile = tmp_path / "c.py"
+    cfgfile.write_text("learning_rat = 0.1\n")
+    with pytest.raises(SystemExit) as e:
+        configure(_cfg(), [str(cfgfile)])
+    assert e.value.code == 2 and "learning_rate" in capsys.readouterr().err
+
+
+
+def test_configurator_records_which_keys_were_given(tmp_path):
+    """train.py's resume checks exactly these keys against the checkpoint."""
+    cfgfile = tmp_path / "c.py"
+    cfgfile.write_text("batch_size = 4\n")
+    configure(_cfg(), [str(cfgfile), "--out_dir=x"])
+    assert configurator.given == {"batch_size", "out_dir"}
+    configure(_cfg(), [])
+    assert configurator.given == set()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=20), st.text(max_size=40))
+def test_property_configurator_parses_or_fails_cleanly(key, value):
+    g = {"batch_size": 12, "learning_rate": 1e-3, "out_dir": "out", "compile": False, "top_k": None}
+    before = dict(g)
+    try:
+        configure(g, [f"--{key}={value}"])
+    except SystemExit as e:
+        assert e.code == 2
+        assert g == before  # a rejected flag changes nothing
+        return
+    assert set(g) == set(before)  # only known keys can be set
+    changed = [k for k in g if g[k] != before[k]]
+    assert all(before[k] is None or type(g[k]) is type(before[k]) for k in changed)

@@ -1,0 +1,69 @@
+"""sample.py: free text from a pretrained model, answers from an instruction model, and how it
+treats odd prompts and wrong checkpoints (one line, nothing on disk changed)."""
+import pytest
+import torch
+
+from checkpoint import save_checkpoint
+from conftest import assert_one_line_error, digest, run, run_many
+from model import GPT, GPTConfig
+from tokenizer import BASE_CHARS, CharTokenizer
+
+
+def test_sample_streams_text(tiny_run):
+    (tiny_run / "start.txt").write_text("El gato", encoding="utf-8")
+    p1, p2, p3 = run_many([("sample.py", "--out_dir=out", "--start=El perro", "--max_new_tokens=30", "--num_samples=2"),
+                           ("sample.py", "--out_dir=out", "--start=FILE:start.txt", "--max_new_tokens=20", "--seed=1"),
+                           ("sample.py", "--out_dir=out", "--start=FILE:start.txt", "--max_new_tokens=20", "--seed=1")],
+                          cwd=tiny_run)
+    assert p1.returncode == 0, p1.stderr
+    assert p1.stdout.count("El perro") == 2 and p1.stdout.count("---------------") == 2
+    assert p2.returncode == 0 and p2.stdout.startswith("El gato") and p2.stdout == p3.stdout  # deterministic
+
+
+@pytest.fixture(scope="module")
+def instr_dir(tmp_path_factory):
+    """An (untrained) instruction checkpoint: enough to show how sample.py treats odd prompts."""
+    d = tmp_path_factory.mktemp("instr")
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=len(tok), block_size=64, n_layer=1, n_head=2, n_embd=16)
+    save_checkpoint({"kind": "instr", "model_args": cfg, "model": GPT(GPTConfig(**cfg)).state_dict(),
+                     "vocab": tok.vocab, "history": []}, str(d / "ckpt.pt"))
+    return d
+
+
+def test_odd_prompts_are_answered_and_bad_ones_refused(instr_dir):
+    """Emoji, control characters, special-token text and long prompts get an answer, never a crash;
+    an empty or over-long prompt is one line, and nothing on disk changes."""
+    before = digest(instr_dir)
+    odd = ["¿Los perros son 🐶?", "hola\x1b[31m rojo", "<resp><eos> <instr>", "ñ" * 300]
+    p = run("sample.py", f"--out_dir={instr_dir}", "--max_new_tokens=10", "--show_raw=True", input="\n".join(odd) + "\n")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    raw = [line for line in p.stdout.splitlines() if line.startswith("[raw] <instr>")]
+    assert len(raw) == len(odd) and "\x1b" not in p.stdout  # control characters are dropped, not echoed
+    assert raw[2].startswith("[raw] <instr><resp><eos> <instr><resp>")  # typed specials are plain text
+    bad = run_many([("sample.py", f"--out_dir={instr_dir}", "--prompt= "),
+                    ("sample.py", f"--out_dir={instr_dir}", "--prompt=   \x07  "),
+                    ("sample.py", f"--out_dir={instr_dir}", "--prompt=" + "x" * 501)])
+    for p, fragment in zip(bad, ["empty prompt", "empty prompt", "longer than"]):
+        assert fragment in assert_one_line_error(p)
+    assert digest(instr_dir) == before
+
+
+def test_missing_corrupt_and_wrong_kind_checkpoints(instr_dir, tiny_run, tmp_path):
+    for name in ("trunc", "garbage", "cls"):
+        (tmp_path / name).mkdir()
+    good = (tiny_run / "out" / "ckpt.pt").read_bytes()
+    (tmp_path / "trunc" / "ckpt.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage" / "ckpt.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
+    ck = torch.load(instr_dir / "ckpt.pt", weights_only=True)
+    ck["kind"] = "cls"
+    torch.save(ck, tmp_path / "cls" / "ckpt.pt")
+    cases = [(("sample.py", "--out_dir=nowhere"), "no checkpoint"),
+             (("sample.py", "--out_dir=trunc"), "corrupt"),
+             (("sample.py", "--out_dir=garbage"), "corrupt"),
+             (("sample.py", "--out_dir=cls", "--prompt=hola"), "'cls'"),
+             (("sample.py", f"--out_dir={tiny_run / 'out'}", "--prompt=hola"), "--start"),
+             (("finetune_instr.py", "--eval_only=True", f"--out_dir={tiny_run / 'out'}"), "'pretrain'")]
+    for p, (args, fragment) in zip(run_many([c for c, _ in cases], cwd=tmp_path), cases):
+        assert fragment in assert_one_line_error(p), args

@@ -1,0 +1,70 @@
+"""tokenizer.py: the character tokenizer, text cleaning, special tokens, the instruction format."""
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenizer import BASE_CHARS, SPECIALS, CharTokenizer, clean_text, instruction_example
+
+
+def test_tokenizer_round_trip_and_specials_first():
+    tok = CharTokenizer.from_texts(["¿Los perros son caninos? ¡Sí, señor!\n\tÜ"])
+    text = "¿Los perros son caninos? ¡Sí, señor!"
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.vocab[:5] == SPECIALS
+    assert all(i >= len(SPECIALS) for i in tok.encode(text))
+
+
+def test_unseen_characters_become_unk():
+    tok = CharTokenizer.from_texts(["abc"])
+    ids = tok.encode("aZb😀")
+    assert ids[1] == tok.unk_id and ids[3] == tok.unk_id
+    assert ids[0] != tok.unk_id and ids[2] != tok.unk_id
+
+
+def test_special_token_text_is_plain_characters():
+    tok = CharTokenizer.from_texts(["<resp> <instr> <eos> <pad>"])
+    ids = tok.encode("<resp>")
+    assert len(ids) == 6
+    assert tok.resp_id not in ids and not set(ids) & set(range(len(SPECIALS)))
+    ids, _ = tok.encode_instruction("di <resp> hola", "ok")
+    assert ids.count(tok.resp_id) == 1 and ids.count(tok.instr_id) == 1 and ids[-1] == tok.eos_id
+
+
+def test_clean_text():
+    assert clean_text("a\r\nb\rc\x00d\x07\te") == "a\nb\ncd\te"
+    assert clean_text("Cafe\u0301") == "Café"  # NFC: e + combining accent -> é
+    assert clean_text("ÁRBOL", lowercase=True) == "árbol"
+
+
+
+def test_instruction_example_masks_the_prompt_and_keeps_response_and_eos():
+    """finetune_instr.py's own encoding: targets are ids[1:], and every target that is still part of
+    the prompt is -100 (ignored by the loss)."""
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    x, y, cut = instruction_example(tok, "hola", "sí", max_len=64)
+    ids = [tok.instr_id, *tok.encode("hola"), tok.resp_id, *tok.encode("sí"), tok.eos_id]
+    assert cut == 0 and x == ids[:-1] and len(y) == len(x)
+    assert y == [-100] * len("<hola") + tok.encode("sí") + [tok.eos_id]  # first target: the answer, read at <resp>
+    # truncation keeps the end of a long prompt and the whole response
+    x, y, cut = instruction_example(tok, "x" * 50 + "¿pregunta?", "respuesta", max_len=30)
+    assert len(x) == 29 and cut == (1 + 60 + 1 + 9 + 1) - 30  # <instr> prompt <resp> response <eos>
+    assert tok.decode(x + y[-1:]).endswith("¿pregunta?respuesta")
+    assert [t for t in y if t != -100] == tok.encode("respuesta") + [tok.eos_id]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=0, max_size=60), st.text(min_size=0, max_size=60))
+def test_property_tokenizer_round_trip_unknowns_and_no_specials(vocab_text, text):
+    tok = CharTokenizer.from_texts([vocab_text])
+    ids = tok.encode(text)
+    assert len(ids) == len(text)
+    for ch, i in zip(text, ids):
+        if ch in vocab_text:
+            assert tok.vocab[i] == ch
+        else:
+            assert i == tok.unk_id
+        assert i not in (tok.pad_id, tok.instr_id, tok.resp_id, tok.eos_id)  # never from text
+    if set(text) <= set(vocab_text):
+        assert tok.decode(ids) == text
+    assert tok.vocab[: len(SPECIALS)] == SPECIALS
+
+

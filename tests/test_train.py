@@ -1,0 +1,196 @@
+"""train.py: checkpoints, logs, exact resume, crash safety (kills, SIGTERM, NaN, full disk), what a
+resume may change, float16, and the checks on prepared data."""
+import glob
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import ROOT, TINY, assert_one_line_error, digest, run, run_many
+
+
+def evals(out_dir):
+    ck = torch.load(os.path.join(out_dir, "last.pt"), weights_only=True)
+    return ck, [(h["iter"], h["train_loss"], h["val_loss"]) for h in ck["history"] if "val_loss" in h]
+
+
+def test_train_writes_checkpoint_log_and_resumes(tiny_run):
+    work = tiny_run
+    ckpt = torch.load(work / "out" / "ckpt.pt", weights_only=True)
+    assert ckpt["kind"] == "pretrain" and ckpt["iter_num"] == 40 and len(ckpt["vocab"]) == ckpt["model_args"]["vocab_size"]
+    log = [json.loads(line) for line in open(work / "out" / "log.jsonl")]
+    assert any("val_loss" in r for r in log) and any("tokens_per_s" in r for r in log)
+    assert [r["val_loss"] for r in log if "val_loss" in r][-1] < 3.5  # it learned: uniform is ln(128) ~ 4.85
+    # resume continues from the saved iteration up to the new max_iters (in a copy: out/ stays as it is)
+    os.makedirs(work / "res", exist_ok=True)
+    for f in ("ckpt.pt", "last.pt", "log.jsonl"):
+        (work / "res" / f).write_bytes((work / "out" / f).read_bytes())
+    p = run("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume", "--max_iters=60", cwd=work)
+    assert p.returncode == 0, p.stderr
+    assert "resuming from iteration 40" in p.stdout
+    assert torch.load(work / "res" / "last.pt", weights_only=True)["iter_num"] == 60
+    # scratch into a dir holding a checkpoint refuses, and leaves the checkpoint alone
+    before = hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest()
+    p = run("train.py", TINY, "--dataset=tiny", "--out_dir=out", cwd=work)
+    assert "already exists" in assert_one_line_error(p)
+    assert hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest() == before
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_run):
+    w = tiny_run
+    common = [TINY, "--dataset=tiny", "--max_iters=40", "--lr_decay_iters=40", "--dropout=0.1"]
+    full, part = run_many([("train.py", *common, "--out_dir=full"),
+                           ("train.py", *common, "--out_dir=part", "--max_iters=20")], cwd=w)  # "interrupted" at 20
+    assert full.returncode == 0 and part.returncode == 0, full.stderr + part.stderr
+    p = run("train.py", *common, "--out_dir=part", "--init_from=resume", cwd=w)
+    assert p.returncode == 0, p.stderr
+    full, full_evals = evals(w / "full")
+    part, part_evals = evals(w / "part")
+    assert part["iter_num"] == full["iter_num"] == 40
+    assert part_evals == full_evals  # bit-for-bit the same losses (batches and dropout masks re-derived)
+    for k, v in full["model"].items():
+        assert torch.equal(v, part["model"][k]), k
+
+
+def test_sigterm_saves_and_exits_cleanly(tiny_run):
+    w = tiny_run
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), TINY, "--dataset=tiny",
+                             "--out_dir=sig", "--max_iters=100000", "--lr_decay_iters=100000",
+                             "--eval_interval=100000", "--log_interval=1"],
+                            cwd=w, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until it is training
+        if line.startswith("iter 5/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err
+    ck = torch.load(w / "sig" / "last.pt", weights_only=True)
+    assert ck["iter_num"] >= 5  # the work done so far was saved although no eval was due
+
+
+def test_kill_test_lands_kills_in_training_and_in_checkpoint_writes():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "kill_test.py"), "--kills=4", "--max_iters=100"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    report = json.loads([line for line in p.stdout.splitlines() if line.startswith("{")][-1])
+    # kills landed after the first checkpoint, in the training loop and inside a checkpoint write
+    # (a .tmp left on disk proves the latter), and the run still ends exactly like an uninterrupted one
+    assert report["kills_during_training"] >= 1 and report["kills_during_write"] >= 1, report
+    assert report["finished_at"] == 100 and report["same_final_weights_as_uninterrupted"] and report["same_val_losses"]
+    assert report["max_lost_iterations"] <= report["checkpoint_interval"] and report["tmp_files_left"] == 0
+
+
+def test_non_finite_loss_stops_before_anything_is_written(tiny_run):
+    w = tiny_run
+    assert run("train.py", TINY, "--dataset=tiny", "--out_dir=nan", "--max_iters=20", cwd=w).returncode == 0
+    before = digest(w / "nan")
+    bad = [TINY, "--dataset=tiny", "--out_dir=nan", "--init_from=resume", "--learning_rate=1e30", "--grad_clip=0.0"]
+    # a step whose loss is already NaN, and a finite step that leaves NaN weights right before an
+    # evaluation (iteration 20's step is fine; the evaluation at 21 sees the damage)
+    at_step, at_eval = run_many([("train.py", *bad, "--max_iters=40"),
+                                 ("train.py", *bad, "--max_iters=21", "--eval_interval=1")], cwd=w)
+    assert "loss became" in assert_one_line_error(at_step)
+    assert "non-finite loss" in assert_one_line_error(at_eval)
+    assert digest(w / "nan") == before  # last.pt, ckpt.pt and the log as they were
+
+
+def test_resume_takes_the_architecture_from_the_checkpoint(tiny_run):
+    w = tiny_run
+    resume = [TINY, "--dataset=tiny", "--out_dir=out", "--init_from=resume", "--max_iters=40"]
+    before = digest(w / "out")
+    layers, block, dropout = run_many([("train.py", *resume, "--n_layer=3"), ("train.py", *resume, "--block_size=16"),
+                                       ("train.py", *resume, "--dropout=0.1")], cwd=w)
+    assert "--n_layer=3 conflicts with the checkpoint's n_layer=2" in assert_one_line_error(layers)
+    assert "block_size" in assert_one_line_error(block)
+    # a harmless change applies and is said (max_iters=40: nothing left to train, nothing rewritten)
+    assert dropout.returncode == 0 and "dropout changed on resume: 0.0 -> 0.1" in dropout.stdout, dropout.stderr
+    assert digest(w / "out") == before
+
+
+def test_unwritable_out_dir_fails_at_start_and_full_disk_keeps_the_checkpoint(tiny_run):
+    w = tiny_run
+    (w / "afile").write_text("a regular file", encoding="utf-8")
+    line = assert_one_line_error(run("train.py", TINY, "--dataset=tiny", "--out_dir=afile/out", cwd=w))
+    assert "cannot write to out_dir 'afile/out'" in line and "iter" not in line
+    # a full disk: files may not grow past 20 kB, smaller than a checkpoint. The save fails in one
+    # line, the earlier checkpoint is intact and no .tmp is left behind
+    assert run("train.py", TINY, "--dataset=tiny", "--out_dir=full_disk", "--max_iters=20", cwd=w).returncode == 0
+    before = digest(w / "full_disk")
+    p = run("train.py", TINY, "--dataset=tiny", "--out_dir=full_disk", "--init_from=resume", "--max_iters=40", cwd=w,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))
+    assert "could not write" in assert_one_line_error(p) and "last.pt" in p.stderr
+    after = digest(w / "full_disk")
+    assert not glob.glob(str(w / "full_disk" / "*.tmp"))
+    assert {k: v for k, v in after.items() if k != "log.jsonl"} == {k: v for k, v in before.items() if k != "log.jsonl"}
+
+
+def test_float16_trains_with_a_grad_scaler(tiny_run):
+    w = tiny_run
+    p = run("train.py", TINY, "--dataset=tiny", "--out_dir=f16", "--dtype=float16", "--max_iters=20", cwd=w)
+    assert p.returncode == 0, p.stderr
+    ck, ev = evals(w / "f16")
+    assert ck["scaler"]["scale"] > 1 and np.isfinite(ev[-1][2])  # the loss was scaled; the run learned
+    fp32 = torch.load(w / "out" / "last.pt", weights_only=True)
+    assert fp32["scaler"] == {}  # float32: the scaler is a pass-through
+
+
+def _write_prepared(folder, train, val, vocab, meta_extra=None):
+    os.makedirs(folder, exist_ok=True)
+    np.array(train, dtype=np.uint16).tofile(os.path.join(folder, "train.bin"))
+    np.array(val, dtype=np.uint16).tofile(os.path.join(folder, "val.bin"))
+    meta = {"vocab": vocab, "vocab_size": len(vocab), "dtype": "uint16", "train_tokens": len(train),
+            "val_tokens": len(val), **(meta_extra or {})}
+    with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+
+
+def test_prepared_data_is_validated_and_the_last_token_is_a_target(tmp_path):
+    from tokenizer import SPECIALS
+    vocab = SPECIALS + list("abcdefgh")
+    rng = np.random.default_rng(0)
+    ok = rng.integers(5, len(vocab), 33).tolist()  # block_size 32 + 1: exactly one window fits
+    _write_prepared(tmp_path / "data" / "edge", ok, ok, vocab)
+    _write_prepared(tmp_path / "data" / "bigid", ok, ok[:-1] + [len(vocab)], vocab)
+    _write_prepared(tmp_path / "data" / "size", ok, ok, vocab, {"train_tokens": 40})
+    _write_prepared(tmp_path / "data" / "meta", ok, ok, vocab)
+    (tmp_path / "data" / "meta" / "meta.json").write_text('{"vocab": [1, 2', encoding="utf-8")
+    args = [TINY, "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--batch_size=2"]
+    edge, bigid, size, meta = run_many([("train.py", *args, f"--dataset={d}", f"--out_dir=o-{d}")
+                                        for d in ("edge", "bigid", "size", "meta")], cwd=tmp_path)
+    # the only window of a 33-token split is tokens 0..32, whose targets end with the last token
+    # (the old sampler refused this split: it never drew the last token as a target)
+    assert edge.returncode == 0, edge.stderr
+    assert "token id 13, but the vocabulary has 13 entries" in assert_one_line_error(bigid)
+    assert "meta.json says 40 tokens" in assert_one_line_error(size)
+    assert "meta.json is damaged" in assert_one_line_error(meta)
+    assert not any((tmp_path / f"o-{d}").exists() for d in ("bigid", "size", "meta"))
+
+
+def test_vocabulary_mismatch_on_resume_and_bad_flags(tiny_run, tmp_path):
+    (tmp_path / "other.txt").write_text("xyz ∑∂ " * 400, encoding="utf-8")
+    p = run("prepare.py", f"--input={tmp_path / 'other.txt'}", "--dataset=other", f"--data_root={tmp_path / 'data'}")
+    assert p.returncode == 0, p.stderr
+    before = digest(tiny_run / "out")
+    cases = [("train.py", TINY, f"--data_root={tmp_path / 'data'}", "--dataset=other", f"--out_dir={tiny_run / 'out'}",
+              "--init_from=resume"),
+             ("train.py", "--max_itters=3"), ("train.py", "--batch_size=big"), ("train.py", "--dataset=nothing"),
+             ("train.py", "config/nope.py"), ("train.py", "--learning_rate=fast"), ("train.py", "--dtype=float8")]
+    expected = ["vocabulary", "did you mean: max_iters", "expects an int", "no prepared data", "not found",
+                "expects a float", "unknown dtype"]
+    if not torch.cuda.is_available():
+        cases.append(("train.py", "--device=cuda"))
+        expected.append("cuda")
+    for p, fragment in zip(run_many(cases, cwd=tmp_path), expected):
+        assert fragment in assert_one_line_error(p), p.args
+    assert digest(tiny_run / "out") == before
+    # a corpus too short for the block: refused before out/ is created
+    (tmp_path / "short.txt").write_text("hola mundo " * 5, encoding="utf-8")
+    assert run("prepare.py", "--input=short.txt", "--dataset=short", cwd=tmp_path).returncode == 0
+    line = assert_one_line_error(run("train.py", "--dataset=short", "--block_size=64", cwd=tmp_path))
+    assert "too short" in line and not (tmp_path / "out").exists()
