@@ -1,15 +1,30 @@
 """Shared by every test file: the project root on sys.path, running a script as a user would, the
-one-line-error check, file digests, and the tiny trained run that the train/sample/bench tests share."""
+one-line-error check, file digests, the tiny trained run that the train/sample/bench tests share,
+and the tiny instruction checkpoints (out_root) plus the Streamlit server that the app, browser and
+docker tests share."""
+import contextlib
+import dataclasses
 import hashlib
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 TINY = os.path.join(ROOT, "config", "test_tiny.py")  # a 30k-parameter model that trains in seconds
+
+import torch  # noqa: E402
+
+from checkpoint import save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+from tokenizer import BASE_CHARS  # noqa: E402
 
 
 def run(script, *args, cwd=None, input=None, timeout=240, **kw):
@@ -63,3 +78,153 @@ def tiny_run(tmp_path_factory):
     p = run("train.py", TINY, "--dataset=tiny", "--out_dir=out", cwd=work)
     assert p.returncode == 0, p.stderr
     return work
+
+
+# -------------------------------------------------------------------- app, browser, docker
+INSTR_DIR = os.path.join(ROOT, "data", "es", "instructions")
+_BUILT = {}
+
+
+def instruction_rows(split="test"):
+    with open(os.path.join(INSTR_DIR, f"{split}.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def build_tiny_checkpoints(root, steps=150, seed=0):
+    """root/out-instr (trained a little on the three facts), root/out-instr-b (untrained) and
+    root/out-pre (a 'pretrain' checkpoint the app must not list). Memoized per root."""
+    if root in _BUILT:
+        return _BUILT[root]
+    from tokenizer import CharTokenizer
+
+    texts = [BASE_CHARS]
+    for split in ("train", "test"):
+        for r in instruction_rows(split):
+            texts += [r["prompt"], r["response"]]
+    tok = CharTokenizer.from_texts(texts)
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg)
+    facts = {}
+    for r in instruction_rows("train"):  # the shortest prompt of each kind (fits block_size 128)
+        if r["kind"] not in facts or len(r["prompt"]) < len(facts[r["kind"]]["prompt"]):
+            facts[r["kind"]] = r
+    seqs = [tok.encode_instruction(r["prompt"], r["response"])[0] for k, r in sorted(facts.items())]
+    T = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), T), tok.pad_id)
+    for i, s in enumerate(seqs):
+        x[i, :len(s)] = torch.tensor(s)
+    y = torch.full_like(x, -100)
+    y[:, :-1] = x[:, 1:]
+    y[y == tok.pad_id] = -100
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is fastest, and the machine may be busy
+    for it in range(steps):
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if it % 10 == 0 or it == steps - 1:
+            history.append({"iter": it, "loss": round(loss.item(), 4)})
+            if it % 50 == 0:
+                history[-1].update(train_loss=round(loss.item(), 4), val_loss=round(loss.item() + 0.1, 4))
+    torch.set_num_threads(threads)
+    pretrain_history = [{"iter": i, "train_loss": 4.0 - i / 400, "val_loss": 4.1 - i / 450}
+                        for i in range(0, 1000, 100)]
+
+    def ckpt(kind, m):
+        return {"kind": kind, "model_args": dataclasses.asdict(cfg), "model": m.state_dict(),
+                "vocab": tok.vocab, "config": {"note": "tiny test fixture"}, "iter_num": steps,
+                "best_val_loss": history[-1]["loss"], "history": history,
+                "pretrain_history": pretrain_history}
+
+    for name, kind, m in (("out-instr", "instr", model), ("out-instr-b", "instr", GPT(cfg)),
+                          ("out-pre", "pretrain", model)):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        save_checkpoint(ckpt(kind, m), os.path.join(root, name, "ckpt.pt"))
+    _BUILT[root] = root
+    return root
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(port, proc, timeout=60):
+    url = f"http://127.0.0.1:{port}/_stcore/health"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return r.read().decode()
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"no answer from {url} in {timeout} s")
+
+
+@contextlib.contextmanager
+def streamlit_server(args, out_root, log_path):
+    """Run `args` (a streamlit command) in its own process group; always killed on exit."""
+    env = dict(os.environ, LLMFS_OUT_ROOT=out_root, LLMFS_DEVICE="cpu",
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false", PYTHONUNBUFFERED="1")
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+def build_broken_checkpoint(root, src_root):
+    """root/out-instr: an instruction checkpoint whose weights are NaN, so sampling fails
+    (torch.multinomial rejects NaN probabilities) — for the 'generation error' test."""
+    src = os.path.join(build_tiny_checkpoints(src_root), "out-instr", "ckpt.pt")
+    ck = torch.load(src, weights_only=True)
+    ck["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                   for k, v in ck["model"].items()}
+    os.makedirs(os.path.join(root, "out-instr"), exist_ok=True)
+    save_checkpoint(ck, os.path.join(root, "out-instr", "ckpt.pt"))
+    return root
+
+
+def build_constant_checkpoint(root, src_root, token_id):
+    """root/out-instr: an instruction checkpoint that writes token_id at every step, whatever it reads
+    (ln_f's gain is 0, so every final state is ln_f's bias, which points at token_id's row of the tied
+    output table) — for the tests that the raw trace keeps the generated ids."""
+    src = os.path.join(build_tiny_checkpoints(src_root), "out-instr", "ckpt.pt")
+    ck = torch.load(src, weights_only=True)
+    sd = {k: v.clone() for k, v in ck["model"].items()}
+    sd["ln_f.weight"].zero_()
+    sd["ln_f.bias"].zero_()
+    sd["ln_f.bias"][0] = 10.0
+    table = sd["wte.weight"]
+    table[:, 0] = 0.0
+    table[token_id, 0] = 1.0  # logits = table @ bias: 10 for token_id, 0 for the rest
+    sd["lm_head.weight"] = table  # tied: both names hold the same table
+    ck["model"] = sd
+    os.makedirs(os.path.join(root, "out-instr"), exist_ok=True)
+    save_checkpoint(ck, os.path.join(root, "out-instr", "ckpt.pt"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def out_root(tmp_path_factory):
+    """A folder like the repository root for the app: out-instr (trained a little), out-instr-b
+    (untrained) and out-pre (a pretrain checkpoint the app must not list). Built once per test run."""
+    return build_tiny_checkpoints(str(tmp_path_factory.mktemp("ckpts")))

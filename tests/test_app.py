@@ -10,19 +10,14 @@ import sys
 
 import pytest
 
-from app_helpers import (ROOT, build_broken_checkpoint, build_constant_checkpoint, build_tiny_checkpoints,
+from conftest import (ROOT, build_broken_checkpoint, build_constant_checkpoint,
                          instruction_rows)
 
-import app  # noqa: E402  (app_helpers put the repository root on sys.path)
+import app  # noqa: E402  (conftest put the repository root on sys.path)
 
 APP = os.path.join(ROOT, "app.py")
 SPEC_NEAR_MISSES = ["¿Los perros pueden comer chocolate?", "¿Cuál es la capital de Panamá?",
                     "¿Cuántos años vive un gato?", "¿Cuántos habitantes tiene San José?"]
-
-
-@pytest.fixture(scope="module")
-def out_root(tmp_path_factory):
-    return build_tiny_checkpoints(str(tmp_path_factory.mktemp("ckpts")))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from app_helpers import ROOT, build_tiny_checkpoints, free_port, streamlit_server, wait_health
+from conftest import ROOT, free_port, streamlit_server, wait_health
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
                              shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
@@ -29,11 +29,6 @@ def _browser_or_skip():
             pytest.fail(f"REQUIRE_BROWSER=1 but {missing} is missing")
         pytest.skip(f"{missing} is missing")
     return sync_playwright
-
-
-@pytest.fixture(scope="module")
-def out_root(tmp_path_factory):
-    return build_tiny_checkpoints(str(tmp_path_factory.mktemp("ckpts")))
 
 
 def test_chat_in_a_real_browser(out_root, tmp_path):

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from app_helpers import ROOT, build_tiny_checkpoints, free_port, streamlit_server, wait_health
+from conftest import ROOT, free_port, streamlit_server, wait_health
 
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 
@@ -102,11 +102,6 @@ def test_dockerignore():
                  "finetune_instr.py", "config/finetune_instr.py", "data/es/instructions/train.jsonl",
                  "data/es/corpus/x.txt", ".streamlit/config.toml"):
         assert not _ignored(path, patterns), path
-
-
-@pytest.fixture(scope="module")
-def out_root(tmp_path_factory):
-    return build_tiny_checkpoints(str(tmp_path_factory.mktemp("ckpts")))
 
 
 def test_container_command_and_healthcheck_run_here(out_root, tmp_path):
