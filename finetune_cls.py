@@ -17,6 +17,10 @@ backbone frozen those vectors never change, so they are computed once and only t
 The best model on val (macro-F1 or accuracy) is written atomically to out_dir/ckpt.pt (kind 'cls':
 the GPT's weights plus head.weight/head.bias, the label names, the pooling), then scored on the
 test split beside the majority-class baseline. out_dir/log.jsonl has one line per evaluation.
+
+The file reads top to bottom: the settings, the data (read_table, load_data), the Classifier, the
+scores, then the program (--predict / --predict_file, training or --eval_only, the test table).
+`import finetune_cls` (the tests do) only defines the pieces; the program runs as a script.
 """
 import csv
 import io
@@ -25,15 +29,16 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import (CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device,
-                        save_checkpoint)
+from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+                        model_from_checkpoint, pick_device, prepare_out_dir, resolve_dtype, save_checkpoint)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, param_groups
 from tokenizer import CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
@@ -70,26 +75,7 @@ device = "auto"  # auto (cuda > mps > cpu), cpu, cuda, mps
 dtype = "auto"  # auto (bf16 on capable GPUs, fp32 elsewhere), float32, bfloat16, float16
 seed = 1337
 # -----------------------------------------------------------------------------
-config = configure(globals())
-t_start = time.time()
-
-if pool not in ("last", "mean"):
-    fail(f"pool must be 'last' or 'mean', got '{pool}'")
-if freeze not in ("backbone", "last_n", "none"):
-    fail(f"freeze must be 'backbone', 'last_n' or 'none', got '{freeze}'")
-if metric not in ("macro_f1", "accuracy"):
-    fail(f"metric must be 'macro_f1' or 'accuracy', got '{metric}'")
-if batch_size < 1 or eval_interval < 1 or max_iters < 0 or patience < 0:
-    fail("batch_size and eval_interval must be at least 1, max_iters and patience at least 0")
-if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
-    fail(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be > 0 and add up to less than 1")
-if predict is not None and predict_file:
-    fail("use --predict or --predict_file, not both")
-try:
-    device = pick_device(device)
-    ctx = autocast(device, dtype)
-except ValueError as e:
-    fail(e)
+config = configure(globals(), None if __name__ == "__main__" else [])  # imported (tests): the defaults
 
 # data ------------------------------------------------------------------------
 SPLITS = ("train", "val", "test")
@@ -102,7 +88,7 @@ def prepare_text(text):
     return clean_text(str(text)).strip()
 
 
-def read_table(path):
+def read_table(path, text_col, label_col):
     """(texts, labels) from a .tsv/.csv/.jsonl file with the columns text_col and label_col."""
     if not os.path.isfile(path):
         fail(f"data file not found: {path}")
@@ -117,11 +103,10 @@ def read_table(path):
     if not raw.strip():
         fail(f"{path} is empty")
     if ext == ".jsonl":
-        rows = []
-        for n, obj in jsonl_objects(path, raw):
+        rows = list(jsonl_objects(path, raw))
+        for n, obj in rows:
             if not isinstance(obj, dict):
                 fail(f"{path} line {n}: expected a JSON object like {{\"{text_col}\": ..., \"{label_col}\": ...}}")
-            rows.append((n, obj))
         columns = list(dict.fromkeys(k for _, obj in rows for k in obj))  # every key, in order of appearance
     else:
         reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter="\t" if ext == ".tsv" else ",")
@@ -133,25 +118,23 @@ def read_table(path):
                  f"name the right one with --{flag}=...")
     if not rows:
         fail(f"{path} has a header but no rows")
-    texts, labels, skipped = [], [], 0
+    texts, labels = [], []
     for n, row in rows:
         label = row.get(label_col)
         if label is None or not str(label).strip():
             fail(f"{path} line {n}: empty value in the label column '{label_col}'")
         text = prepare_text(row.get(text_col) or "")
-        if not text:
-            skipped += 1  # nothing to classify
-            continue
-        texts.append(text)
-        labels.append(str(label).strip())
-    if skipped:
-        print(f"note: {path}: {skipped} rows with an empty text skipped")
+        if text:  # an empty text has nothing to classify: skipped
+            texts.append(text)
+            labels.append(str(label).strip())
+    if len(texts) < len(rows):
+        print(f"note: {path}: {len(rows) - len(texts)} rows with an empty text skipped")
     if not texts:
         fail(f"{path} holds no texts in the column '{text_col}'")
     return texts, labels
 
 
-def stratified_split(texts, labels):
+def stratified_split(texts, labels, val_fraction, test_fraction, seed):
     """Split one file label by label, so every split keeps the label proportions; seeded."""
     rng = random.Random(seed)
     parts = {s: [] for s in SPLITS}
@@ -165,7 +148,7 @@ def stratified_split(texts, labels):
     return {s: ([texts[i] for i in sorted(ix)], [labels[i] for i in sorted(ix)]) for s, ix in parts.items()}
 
 
-def load_data(path, splits=SPLITS):
+def load_data(path, text_col, label_col, val_fraction, test_fraction, seed, splits=SPLITS):
     """{split: (texts, labels)} from a folder of split files, or from one file split here."""
     if os.path.isdir(path):
         out = {}
@@ -174,12 +157,12 @@ def load_data(path, splits=SPLITS):
             if not files:
                 fail(f"{path}/ has no {s}.tsv, {s}.csv or {s}.jsonl (a data folder needs train, val and "
                      f"test files; or pass a single file to be split)")
-            out[s] = read_table(files[0])
+            out[s] = read_table(files[0], text_col, label_col)
         return out
-    texts, labels = read_table(path)
+    texts, labels = read_table(path, text_col, label_col)
     if len(set(labels)) < 2:
         fail(f"only one label ('{labels[0]}') in {path}: a classifier needs at least two")
-    out = stratified_split(texts, labels)
+    out = stratified_split(texts, labels, val_fraction, test_fraction, seed)
     for s in splits:
         if not out[s][0]:
             fail(f"the {s} split of {path} is empty ({len(texts)} texts); use more data or a larger --{s}_fraction")
@@ -193,7 +176,7 @@ def check_labels(split_labels, known, where):
              f"(known: {', '.join(known)})")
 
 
-def encode(text):
+def encode(tok, text, block_size):
     """Text -> at most block_size token ids. A longer text keeps its END and loses its start: reviews
     tend to end with the verdict ("... no vuelvo"), and pool='last' reads the last token, whose
     causal context is exactly the block_size tokens before it. Keeping the start would throw away
@@ -201,62 +184,104 @@ def encode(text):
     return tok.encode(text)[-block_size:]
 
 
-# model -----------------------------------------------------------------------
-
-
-def pad(seqs):
+def pad(seqs, pad_id, device):
     """Right-pad id lists with <pad> to the longest of them: (B, T) ids and (B,) lengths."""
     lengths = torch.tensor([len(s) for s in seqs])
-    idx = torch.full((len(seqs), int(lengths.max())), tok.pad_id, dtype=torch.long)
+    idx = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
     return idx.to(device), lengths.to(device)
 
 
-def features(idx, lengths):
-    """(B, T) right-padded ids, (B,) lengths -> (B, C), one vector per text. Attention is causal, so
-    the pads, all after the text, never reach the hidden states of the real tokens: the vector is
-    the same however much padding the batch needs."""
-    with ctx:
-        h = backbone.hidden_states(idx)  # (B, T, C)
-    h = h.float()
-    if pool == "last":
-        return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C) last real token of each row
-    real = (torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
-    return (h * real).sum(dim=1) / lengths[:, None]  # (B, C) mean over the real tokens only
+# model -----------------------------------------------------------------------
+class Classifier(nn.Module):
+    """A GPT backbone, a pooling ('last' | 'mean') and a linear head: one score per label and text."""
+
+    def __init__(self, backbone, n_labels, pool="last"):
+        super().__init__()
+        if pool not in ("last", "mean"):
+            raise ValueError(f"pool must be 'last' or 'mean', got '{pool}'")
+        self.backbone, self.pool = backbone, pool
+        self.head = nn.Linear(backbone.config.n_embd, n_labels)
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)  # the GPT's own init: near-uniform probabilities
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, idx, lengths, ctx=nullcontext()):
+        """(B, T) right-padded ids, (B,) lengths -> (B, C), one vector per text. Attention is causal, so
+        the pads, all after the text, never reach the hidden states of the real tokens: the vector is
+        the same however much padding the batch needs. ctx (autocast) covers the backbone only."""
+        with ctx:
+            h = self.backbone.hidden_states(idx)  # (B, T, C)
+        h = h.float()
+        if self.pool == "last":
+            return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C) last real token of each row
+        real = (torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
+        return (h * real).sum(dim=1) / lengths[:, None]  # (B, C) mean over the real tokens only
+
+    def forward(self, idx, lengths, ctx=nullcontext()):
+        return self.head(self.features(idx, lengths, ctx))  # (B, K)
+
+    def checkpoint_state(self):
+        """The checkpoint's 'model': the GPT's own keys (any GPT loader reads them) plus head.weight/head.bias."""
+        return {**self.backbone.state_dict(), **{"head." + k: v for k, v in self.head.state_dict().items()}}
 
 
 @torch.no_grad()
-def all_features(seqs):
+def all_features(clf, seqs, pad_id, batch_size, device, ctx=nullcontext()):
     """(N, C) features of a list of id lists, in batches, with dropout off."""
-    backbone.eval()
-    return torch.cat([features(*pad(seqs[i:i + batch_size])) for i in range(0, len(seqs), batch_size)])
+    clf.eval()
+    return torch.cat([clf.features(*pad(seqs[i:i + batch_size], pad_id, device), ctx)
+                      for i in range(0, len(seqs), batch_size)])
 
 
 @torch.no_grad()
-def all_logits(seqs):
-    head.eval()
-    return head(all_features(seqs))  # (N, K)
+def all_logits(clf, seqs, pad_id, batch_size, device, ctx=nullcontext()):
+    return clf.head(all_features(clf, seqs, pad_id, batch_size, device, ctx))  # (N, K)
 
 
-def load_classifier(path):
-    """(checkpoint, backbone, head, tokenizer) of a saved classifier; only kind 'cls' is accepted."""
+def load_classifier(path, device):
+    """(checkpoint, Classifier in eval mode, tokenizer) of a saved classifier; only kind 'cls' is accepted."""
     try:
         ckpt = load_checkpoint(path, kinds=("cls",))  # torch.load(weights_only=True) inside
-        gpt, tokenizer = model_from_checkpoint(ckpt, device)
+        gpt, tok = model_from_checkpoint(ckpt, device)  # the GPT's keys must fit model_args
     except CheckpointError as e:
         fail(e)
-    if "head.weight" not in ckpt["model"] or not ckpt.get("labels") or ckpt.get("pool") not in ("last", "mean"):
+    state, labels = ckpt["model"], ckpt.get("labels")
+    if "head.weight" not in state or "head.bias" not in state or not labels or ckpt.get("pool") not in ("last", "mean"):
         fail(f"{path}: a 'cls' checkpoint without its head, labels or pooling")
-    w = ckpt["model"]["head.weight"]
-    lin = nn.Linear(w.size(1), w.size(0))
-    lin.load_state_dict({"weight": w, "bias": ckpt["model"]["head.bias"]})
-    return ckpt, gpt, lin.to(device).eval(), tokenizer
+    clf = Classifier(gpt, len(labels), ckpt["pool"])
+    try:
+        clf.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+    except RuntimeError:  # a size mismatch
+        fail(f"{path}: the head ({tuple(state['head.weight'].shape)} weights) does not fit {len(labels)} labels "
+             f"on the backbone's {gpt.config.n_embd}-wide vectors")
+    return ckpt, clf.to(device).eval(), tok
+
+
+def set_trainable(backbone, freeze, unfreeze_last):
+    """requires_grad as --freeze says; returns the backbone's trainable parameters."""
+    for p in backbone.parameters():
+        p.requires_grad = freeze == "none"
+    if freeze == "last_n":  # the top blocks and the final LayerNorm adapt, the rest stays as pretrained
+        for module in [*backbone.h[-unfreeze_last:], backbone.ln_f]:
+            module.requires_grad_(True)
+    return [p for p in backbone.parameters() if p.requires_grad]
+
+
+def optimizer_step(loss, optimizer, scaler, grad_clip):
+    """backward and step through the GradScaler: with float16 the loss is scaled up so that small
+    gradients do not underflow, the gradients are unscaled before clipping (the clip sees their true
+    norm), and a step whose gradients overflowed is skipped. With bf16/fp32 it is a pass-through."""
+    scaler.scale(loss).backward()
+    if grad_clip > 0.0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 # evaluation ------------------------------------------------------------------
-
-
 def scores(y, pred, k):
     """Accuracy, macro-F1, per-label precision/recall/F1/support and the confusion matrix."""
     cm = torch.zeros(k, k, dtype=torch.long)  # rows: true label, columns: predicted label
@@ -271,17 +296,14 @@ def scores(y, pred, k):
             "precision": precision, "recall": recall, "f1": f1, "support": cm.sum(1), "cm": cm}
 
 
-def test_report(ckpt, texts, labels, source):
-    """Score the loaded classifier on the test texts and print the tables."""
+def print_report(ckpt, y, pred, source):
+    """Print the test tables: predictions pred (N,) against the true label ids y (N,)."""
     names = ckpt["labels"]
-    check_labels(labels, names, f"the test split of {source}")
-    y = torch.tensor([names.index(lab) for lab in labels])
-    pred = all_logits([encode(t) for t in texts]).argmax(dim=-1).cpu()
     m = scores(y, pred, len(names))
     # the baseline always answers the most common training label: any real classifier must beat it
     majority = max(range(len(names)), key=lambda i: ckpt["label_counts"][i])
     b = scores(y, torch.full_like(y, majority), len(names))
-    w = max(14, *(len(n) for n in names)) + 2
+    w, cw = max(14, *(len(n) for n in names)) + 2, max(8, *(len(n) for n in names)) + 2
     cfg = ckpt.get("config", {})
     print(f"\ntest: {len(y)} texts from {source}, {len(names)} labels, pool={ckpt['pool']}, "
           f"freeze={cfg.get('freeze', '?')}, init_from={cfg.get('init_from', '?')}")
@@ -291,7 +313,6 @@ def test_report(ckpt, texts, labels, source):
     print(f"\n{'label':<{w}}{'precision':>10}{'recall':>8}{'F1':>8}{'support':>9}")
     for i, n in enumerate(names):
         print(f"{n:<{w}}{m['precision'][i]:>10.3f}{m['recall'][i]:>8.3f}{m['f1'][i]:>8.3f}{m['support'][i]:>9d}")
-    cw = max(8, *(len(n) for n in names)) + 2
     print(f"\nconfusion matrix (rows: true label, columns: predicted)\n{'':<{w}}"
           + "".join(f"{n:>{cw}}" for n in names))
     for i, n in enumerate(names):
@@ -299,224 +320,219 @@ def test_report(ckpt, texts, labels, source):
     return m
 
 
-# inference: --predict / --predict_file ---------------------------------------
-if predict is not None or predict_file:
-    ckpt, backbone, head, tok = load_classifier(out_dir)
-    pool, block_size = ckpt["pool"], ckpt["model_args"]["block_size"]  # the checkpoint's, not the flags'
-    if predict is not None:
-        texts = [prepare_text(predict)]
-        if not texts[0]:
-            fail("empty --predict text")
-    else:
-        if not os.path.isfile(predict_file):
-            fail(f"predict_file not found: {predict_file}")
-        try:
-            with open(predict_file, encoding="utf-8-sig") as f:
-                texts = [t for t in (prepare_text(line) for line in f) if t]
-        except UnicodeDecodeError:
-            fail(f"{predict_file} is not UTF-8 text")
-        if not texts:
-            fail(f"{predict_file} holds no text (one text per line)")
-    probs = F.softmax(all_logits([encode(t) for t in texts]), dim=-1).cpu()  # (N, K)
-    names = ckpt["labels"]
-    if predict is not None:
-        print(names[probs[0].argmax()])
-        for n, p in zip(names, probs[0].tolist()):
-            print(f"  {n:<{max(len(x) for x in names)}}  {p:.4f}")
-    else:
-        print("\t".join(["label"] + [f"p({n})" for n in names] + ["text"]))
-        for t, p in zip(texts, probs):
-            print("\t".join([names[p.argmax()]] + [f"{x:.4f}" for x in p.tolist()] + [t]))
-    sys.exit(0)
-
-# evaluation only: --eval_only=True --------------------------------------------
-if eval_only:
-    ckpt, backbone, head, tok = load_classifier(out_dir)
-    pool, block_size = ckpt["pool"], ckpt["model_args"]["block_size"]
-    test_report(ckpt, *load_data(data, splits=("test",))["test"], data)
-    print(f"\nwall time {time.time() - t_start:.1f}s")
-    sys.exit(0)
-
-# training: backbone, out_dir check, data ----------------------------------------
-try:
-    base = load_checkpoint(arch_from if init_from == "scratch" else init_from, kinds=("pretrain", "instr"))
-except CheckpointError as e:
-    fail(e)
-model_args, vocab = base["model_args"], base["vocab"]
-tok, block_size = CharTokenizer(vocab), model_args["block_size"]
-if freeze == "last_n" and not 1 <= unfreeze_last <= model_args["n_layer"]:
-    fail(f"unfreeze_last must be between 1 and the backbone's {model_args['n_layer']} blocks, got {unfreeze_last}")
-
-# never clobber another task's model (e.g. --out_dir=out would overwrite the pretrained GPT). A previous
-# classifier here is replaced, but only once this run has a finished evaluation to put in its place.
-ckpt_path = os.path.join(out_dir, "ckpt.pt")
-if os.path.exists(ckpt_path) and not overwrite:
+# the program -----------------------------------------------------------------
+if __name__ == "__main__":
+    t_start = time.time()
+    if pool not in ("last", "mean"):
+        fail(f"pool must be 'last' or 'mean', got '{pool}'")
+    if freeze not in ("backbone", "last_n", "none"):
+        fail(f"freeze must be 'backbone', 'last_n' or 'none', got '{freeze}'")
+    if metric not in ("macro_f1", "accuracy"):
+        fail(f"metric must be 'macro_f1' or 'accuracy', got '{metric}'")
+    if batch_size < 1 or eval_interval < 1 or max_iters < 0 or patience < 0:
+        fail("batch_size and eval_interval must be at least 1, max_iters and patience at least 0")
+    if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
+        fail(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be > 0 and add up to less than 1")
+    if predict is not None and predict_file:
+        fail("use --predict or --predict_file, not both")
     try:
-        old_kind = load_checkpoint(ckpt_path)["kind"]
-    except CheckpointError:
-        fail(f"{ckpt_path} exists and is not a readable checkpoint; use another --out_dir or --overwrite=True")
-    if old_kind != "cls":
-        fail(f"{out_dir} holds a '{old_kind}' checkpoint (another task); use another --out_dir, "
-             f"or --overwrite=True to replace it")
-    print(f"note: {ckpt_path} holds an earlier classifier; this run replaces it from its first evaluation on")
+        device = pick_device(device)
+        ctx, scaler, precision = autocast(device, dtype), grad_scaler(device, dtype), resolve_dtype(device, dtype)
+    except ValueError as e:
+        fail(e)
 
-splits = load_data(data)
-labels = sorted(set(splits["train"][1]))
-if len(labels) < 2:
-    fail(f"only one label ('{labels[0]}') in the training data of {data}: a classifier needs at least two")
-for s in ("val", "test"):
-    check_labels(splits[s][1], labels, f"the {s} split of {data}")
-seqs = {s: [encode(t) for t in texts] for s, (texts, _) in splits.items()}
-ys = {s: torch.tensor([labels.index(lab) for lab in labs], device=device) for s, (_, labs) in splits.items()}
-label_counts = torch.bincount(ys["train"].cpu(), minlength=len(labels))
-n_cut = sum(len(tok.encode(t)) > block_size for texts, _ in splits.values() for t in texts)
-n_unk = sum(ids.count(tok.unk_id) for s in seqs.values() for ids in s)
-print(f"data {data}: {', '.join(f'{len(seqs[s])} {s}' for s in SPLITS)} | labels: "
-      + ", ".join(f"{n} ({c})" for n, c in zip(labels, label_counts.tolist())))
-if n_cut:
-    print(f"note: {n_cut} texts longer than block_size={block_size} keep only their last {block_size} characters")
-if n_unk:
-    print(f"note: {n_unk} characters are not in the backbone's vocabulary and read as <unk>")
-
-# model: backbone + linear head, then freeze ------------------------------------
-torch.manual_seed(seed)
-if init_from == "scratch":
-    backbone = GPT(GPTConfig(**model_args)).to(device)  # same shape as the pretrained one, random weights
-else:
-    backbone, _ = model_from_checkpoint(base, device)
-head = nn.Linear(model_args["n_embd"], len(labels)).to(device)
-nn.init.normal_(head.weight, mean=0.0, std=0.02)  # the GPT's own init: small scores, near-uniform probabilities
-nn.init.zeros_(head.bias)
-
-for p in backbone.parameters():
-    p.requires_grad = freeze == "none"
-if freeze == "last_n":  # the top blocks and the final LayerNorm adapt, the rest stays as pretrained
-    for module in [*backbone.h[-unfreeze_last:], backbone.ln_f]:
-        for p in module.parameters():
-            p.requires_grad = True
-trainable = [p for p in backbone.parameters() if p.requires_grad]
-
-
-def param_groups(params, lr):
-    # weight decay on matrices only, never on biases or LayerNorm gains (as in model.configure_optimizer)
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr": lr},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
-    return [g for g in groups if g["params"]]
-
-
-optimizer = torch.optim.AdamW(param_groups(list(head.parameters()), learning_rate)
-                              + param_groups(trainable, backbone_lr or learning_rate), betas=(0.9, 0.99))
-weights = None
-if class_weights:  # inverse frequency, scaled so that balanced data gets weight 1 everywhere
-    weights = (label_counts.sum() / (len(labels) * label_counts.clamp(min=1).float())).to(device)
-print(f"backbone {backbone.num_params():,} parameters ({init_from}), {sum(p.numel() for p in trainable):,} of them "
-      f"trainable (freeze={freeze}) | head {sum(p.numel() for p in head.parameters()):,} | pool={pool} | "
-      f"device {device}")
-if init_from == "scratch" and freeze != "none":
-    print("note: a random backbone that stays (partly) frozen: its features are random, this is a lower bound")
-
-# a frozen backbone gives every text the same vector at every step: compute the vectors once and
-# train only the head on them (the whole training then costs one forward pass over the data)
-cached = freeze == "backbone"
-if cached:
-    t0 = time.time()
-    feats = {s: all_features(seqs[s]) for s in ("train", "val")}  # (N, C) each
-    print(f"features of {len(seqs['train']) + len(seqs['val'])} texts computed once in {time.time() - t0:.1f}s")
-
-
-def batch_logits(ix):
-    """Logits (B, K) of the training texts ix, with gradients where something trains."""
-    if cached:
-        return head(feats["train"][ix])
-    return head(features(*pad([seqs["train"][i] for i in ix.tolist()])))
-
-
-@torch.no_grad()
-def evaluate(split):
-    logits = head(feats[split]) if cached else all_logits(seqs[split])
-    loss = F.cross_entropy(logits, ys[split], weight=weights).item()
-    return loss, scores(ys[split], logits.argmax(dim=-1), len(labels))
-
-
-def save(it, val):
-    state = {**backbone.state_dict(), **{"head." + k: v for k, v in head.state_dict().items()}}
-    save_checkpoint({
-        "kind": "cls", "model_args": model_args, "model": state, "vocab": vocab, "labels": labels,
-        "label_counts": label_counts.tolist(), "pool": pool, "config": config, "iter_num": it,
-        "best_val": val, "history": history,
-    }, ckpt_path)
-
-
-def write_log():
-    # one line per evaluation, for plots (the app reads these logs)
-    with open(os.path.join(out_dir, "log.jsonl.tmp"), "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
-    os.replace(os.path.join(out_dir, "log.jsonl.tmp"), os.path.join(out_dir, "log.jsonl"))
-
-
-# Ctrl-C / kill stop the training loop; the best checkpoint so far is then scored as usual
-stop = catch_stop_signals()
-
-# training loop ---------------------------------------------------------------
-os.makedirs(out_dir, exist_ok=True)
-batch_gen = torch.Generator().manual_seed(seed)  # the data order
-n_train, bs = len(seqs["train"]), min(batch_size, len(seqs["train"]))
-order, pos = torch.randperm(n_train, generator=batch_gen), 0
-history, best, best_iter, bad_evals, train_losses = [], None, None, 0, []
-threads = torch.get_num_threads()
-if cached:  # the head's matmuls are tiny: waking a second CPU thread for each costs more than the work
-    torch.set_num_threads(1)
-t_train = time.time()
-for it in range(max_iters + 1):
-    if (it % eval_interval == 0 and it > 0) or it == max_iters or stop["signal"]:
-        val_loss, m = evaluate("val")
-        train_loss = sum(train_losses) / len(train_losses) if train_losses else None
-        train_losses = []
-        history.append({"iter": it, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": m["accuracy"],
-                        "val_macro_f1": m["macro_f1"], "elapsed_s": round(time.time() - t_start, 2)})
-        # ties on the metric (common on a small val set) go to the lower val loss
-        score = (m[metric], -val_loss)
-        improved = best is None or score > best
-        if improved:
-            best, best_iter, bad_evals = score, it, 0
-            save(it, {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": val_loss})
+    # inference: --predict / --predict_file -----------------------------------
+    if predict is not None or predict_file:
+        ckpt, clf, tok = load_classifier(out_dir, device)
+        if predict is not None:
+            texts = [prepare_text(predict)]
+            if not texts[0]:
+                fail("empty --predict text")
         else:
-            bad_evals += 1
-        write_log()  # the first evaluation always saves, so this run owns out_dir by now
-        eta = (max_iters - it) * (time.time() - t_train) / max(1, it)
-        shown = "-" if train_loss is None else f"{train_loss:.4f}"
-        print(f"eval {it}: train loss {shown} | val loss {val_loss:.4f}, accuracy {m['accuracy']:.3f}, "
-              f"macro-F1 {m['macro_f1']:.3f} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
-              + (" -> saved" if improved else ""), flush=True)
-        if patience and bad_evals >= patience:
-            print(f"early stop: no better val {metric} in {patience} evaluations")
-            break
-    if it == max_iters or stop["signal"]:
-        break
+            if not os.path.isfile(predict_file):
+                fail(f"predict_file not found: {predict_file}")
+            try:
+                with open(predict_file, encoding="utf-8-sig") as f:
+                    texts = [t for t in (prepare_text(line) for line in f) if t]
+            except UnicodeDecodeError:
+                fail(f"{predict_file} is not UTF-8 text")
+            if not texts:
+                fail(f"{predict_file} holds no text (one text per line)")
+        block_size = clf.backbone.config.block_size  # the checkpoint's, not the flags'
+        seqs = [encode(tok, t, block_size) for t in texts]
+        probs = F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, device, ctx), dim=-1).cpu()  # (N, K)
+        names = ckpt["labels"]
+        if predict is not None:
+            print(names[probs[0].argmax()])
+            for n, p in zip(names, probs[0].tolist()):
+                print(f"  {n:<{max(len(x) for x in names)}}  {p:.4f}")
+        else:
+            print("\t".join(["label"] + [f"p({n})" for n in names] + ["text"]))
+            for t, p in zip(texts, probs):
+                print("\t".join([names[p.argmax()]] + [f"{x:.4f}" for x in p.tolist()] + [t]))
+        sys.exit(0)
 
-    if pos + bs > n_train:  # a new epoch: a new shuffled order, every text once per epoch
+    # --eval_only=True: out_dir's classifier and the test split; or training --
+    if eval_only:
+        ckpt, clf, tok = load_classifier(out_dir, device)
+        test_split = load_data(data, text_col, label_col, val_fraction, test_fraction, seed, splits=("test",))["test"]
+    else:
+        # training: backbone, out_dir check, data
+        try:
+            base = load_checkpoint(arch_from if init_from == "scratch" else init_from, kinds=("pretrain", "instr"))
+        except CheckpointError as e:
+            fail(e)
+        model_args, vocab = base["model_args"], base["vocab"]
+        tok, block_size = CharTokenizer(vocab), model_args["block_size"]
+        if freeze == "last_n" and not 1 <= unfreeze_last <= model_args["n_layer"]:
+            fail(f"unfreeze_last must be between 1 and the backbone's {model_args['n_layer']} blocks, "
+                 f"got {unfreeze_last}")
+
+        # never clobber another task's model (e.g. --out_dir=out would overwrite the pretrained GPT). A previous
+        # classifier here is replaced, but only once this run has a finished evaluation to put in its place.
+        ckpt_path = os.path.join(out_dir, "ckpt.pt")
+        if os.path.exists(ckpt_path) and not overwrite:
+            try:
+                old_kind = load_checkpoint(ckpt_path)["kind"]
+            except CheckpointError:
+                fail(f"{ckpt_path} exists and is not a readable checkpoint; use another --out_dir or --overwrite=True")
+            if old_kind != "cls":
+                fail(f"{out_dir} holds a '{old_kind}' checkpoint (another task); use another --out_dir, "
+                     f"or --overwrite=True to replace it")
+            print(f"note: {ckpt_path} holds an earlier classifier; this run replaces it from its first evaluation on")
+
+        splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed)
+        labels = sorted(set(splits["train"][1]))
+        if len(labels) < 2:
+            fail(f"only one label ('{labels[0]}') in the training data of {data}: a classifier needs at least two")
+        for s in ("val", "test"):
+            check_labels(splits[s][1], labels, f"the {s} split of {data}")
+        seqs = {s: [encode(tok, t, block_size) for t in texts] for s, (texts, _) in splits.items()}
+        ys = {s: torch.tensor([labels.index(lab) for lab in labs], device=device) for s, (_, labs) in splits.items()}
+        label_counts = torch.bincount(ys["train"].cpu(), minlength=len(labels))
+        n_cut = sum(len(tok.encode(t)) > block_size for texts, _ in splits.values() for t in texts)
+        n_unk = sum(ids.count(tok.unk_id) for s in seqs.values() for ids in s)
+        print(f"data {data}: {', '.join(f'{len(seqs[s])} {s}' for s in SPLITS)} | labels: "
+              + ", ".join(f"{n} ({c})" for n, c in zip(labels, label_counts.tolist())))
+        if n_cut:
+            print(f"note: {n_cut} texts longer than block_size={block_size} keep only their last {block_size} "
+                  f"characters")
+        if n_unk:
+            print(f"note: {n_unk} characters are not in the backbone's vocabulary and read as <unk>")
+
+        # model: backbone + pooling + linear head, then freeze; out_dir proven writable before any work
+        torch.manual_seed(seed)
+        try:
+            if init_from == "scratch":  # same shape as the pretrained one, random weights
+                backbone = GPT(GPTConfig(**model_args)).to(device)
+            else:
+                backbone, _ = model_from_checkpoint(base, device)
+        except (CheckpointError, TypeError, ValueError) as e:
+            fail(str(e).splitlines()[0])
+        clf = Classifier(backbone, len(labels), pool).to(device)
+        trainable = set_trainable(backbone, freeze, unfreeze_last)
+        optimizer = torch.optim.AdamW(param_groups(clf.head.parameters(), weight_decay, learning_rate)
+                                      + param_groups(trainable, weight_decay, backbone_lr or learning_rate),
+                                      betas=(0.9, 0.99))
+        weights = None
+        if class_weights:  # inverse frequency, scaled so that balanced data gets weight 1 everywhere
+            weights = (label_counts.sum() / (len(labels) * label_counts.clamp(min=1).float())).to(device)
+        print(f"backbone {backbone.num_params():,} parameters ({init_from}), {sum(p.numel() for p in trainable):,} of "
+              f"them trainable (freeze={freeze}) | head {sum(p.numel() for p in clf.head.parameters()):,} | "
+              f"pool={pool} | device {device}, {precision}" + (" with loss scaling" if scaler.is_enabled() else ""))
+        if init_from == "scratch" and freeze != "none":
+            print("note: a random backbone that stays (partly) frozen: its features are random, this is a lower bound")
+        try:
+            prepare_out_dir(out_dir)
+        except CheckpointError as e:
+            fail(e)
+
+        # a frozen backbone gives every text the same vector at every step: compute the vectors once and
+        # train only the head on them (the whole training then costs one forward pass over the data)
+        cached = freeze == "backbone"
+        if cached:
+            t0 = time.time()
+            feats = {s: all_features(clf, seqs[s], tok.pad_id, batch_size, device, ctx) for s in ("train", "val")}
+            print(f"features of {len(seqs['train']) + len(seqs['val'])} texts computed once in {time.time() - t0:.1f}s")
+
+        # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
+        stop = catch_stop_signals()
+        batch_gen = torch.Generator().manual_seed(seed)  # the data order
+        n_train, bs = len(seqs["train"]), min(batch_size, len(seqs["train"]))
         order, pos = torch.randperm(n_train, generator=batch_gen), 0
-    ix = order[pos:pos + bs]
-    pos += bs
-    head.train()
-    backbone.train(not cached)
-    loss = F.cross_entropy(batch_logits(ix), ys["train"][ix.to(device)], weight=weights)
-    if not torch.isfinite(loss):
-        fail(f"loss became {loss.item()} at iteration {it}; stopped. The best checkpoint so far in {out_dir}/ "
-             f"is kept. Try a lower --learning_rate or --dtype=float32")
-    loss.backward()
-    if grad_clip > 0.0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    train_losses.append(loss.item())
-t_train = time.time() - t_train
-torch.set_num_threads(threads)
-print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {best_iter} -> {ckpt_path}")
+        history, best, best_iter, bad_evals, train_losses = [], None, None, 0, []
+        threads = torch.get_num_threads()
+        if cached:  # the head's matmuls are tiny: waking a second CPU thread for each costs more than the work
+            torch.set_num_threads(1)
+        t_train = time.time()
+        for it in range(max_iters + 1):
+            if (it % eval_interval == 0 and it > 0) or it == max_iters or stop["signal"]:
+                with torch.no_grad():
+                    logits = clf.head(feats["val"]) if cached else all_logits(clf, seqs["val"], tok.pad_id,
+                                                                              batch_size, device, ctx)
+                    val_loss = F.cross_entropy(logits, ys["val"], weight=weights).item()
+                m = scores(ys["val"], logits.argmax(dim=-1), len(labels))
+                train_loss = sum(train_losses) / len(train_losses) if train_losses else None
+                train_losses = []
+                history.append({"iter": it, "train_loss": train_loss, "val_loss": val_loss,
+                                "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"],
+                                "elapsed_s": round(time.time() - t_start, 2)})
+                score = (m[metric], -val_loss)  # ties on the metric (common on a small val set): the lower val loss
+                improved = best is None or score > best
+                best, best_iter, bad_evals = (score, it, 0) if improved else (best, best_iter, bad_evals + 1)
+                try:
+                    if improved:
+                        save_checkpoint({"kind": "cls", "model_args": model_args, "model": clf.checkpoint_state(),
+                                         "vocab": vocab, "labels": labels, "label_counts": label_counts.tolist(),
+                                         "pool": pool, "config": config, "iter_num": it, "history": history,
+                                         "best_val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                                                      "loss": val_loss}}, ckpt_path)
+                    # one line per evaluation, for plots (the app reads these logs); the first evaluation
+                    # always saves, so this run owns out_dir by now
+                    atomic_write_text(os.path.join(out_dir, "log.jsonl"),
+                                      "".join(json.dumps(h) + "\n" for h in history))
+                except CheckpointError as e:  # a full disk: the previous files are kept
+                    fail(e)
+                eta = (max_iters - it) * (time.time() - t_train) / max(1, it)
+                shown = "-" if train_loss is None else f"{train_loss:.4f}"
+                print(f"eval {it}: train loss {shown} | val loss {val_loss:.4f}, accuracy {m['accuracy']:.3f}, "
+                      f"macro-F1 {m['macro_f1']:.3f} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+                      + (" -> saved" if improved else ""), flush=True)
+                if patience and bad_evals >= patience:
+                    print(f"early stop: no better val {metric} in {patience} evaluations")
+                    break
+            if it == max_iters or stop["signal"]:
+                break
 
-# test: the saved best checkpoint, read back exactly as --eval_only reads it ------------
-ckpt, backbone, head, tok = load_classifier(out_dir)
-test_report(ckpt, *splits["test"], data)
-print(f"\nwall time {time.time() - t_start:.1f}s (training {t_train:.1f}s)")
-if stop["signal"]:
-    raise SystemExit(stop_exit_code(stop))
+            if pos + bs > n_train:  # a new epoch: a new shuffled order, every text once per epoch
+                order, pos = torch.randperm(n_train, generator=batch_gen), 0
+            ix = order[pos:pos + bs]
+            pos += bs
+            clf.train()
+            backbone.train(not cached)
+            if cached:
+                logits = clf.head(feats["train"][ix])  # (B, K)
+            else:
+                logits = clf(*pad([seqs["train"][i] for i in ix.tolist()], tok.pad_id, device), ctx)  # (B, K)
+            loss = F.cross_entropy(logits, ys["train"][ix.to(device)], weight=weights)
+            if not torch.isfinite(loss):
+                fail(f"loss became {loss.item()} at iteration {it}; stopped. The best checkpoint so far in {out_dir}/ "
+                     f"is kept. Try a lower --learning_rate or --dtype=float32")
+            optimizer_step(loss, optimizer, scaler, grad_clip)
+            train_losses.append(loss.item())
+        t_train = time.time() - t_train
+        torch.set_num_threads(threads)
+        print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {best_iter} -> {ckpt_path}")
+        # the test below reads the saved best checkpoint back, exactly as --eval_only reads it
+        ckpt, clf, tok = load_classifier(out_dir, device)
+        test_split = splits["test"]
+
+    # test: the table ---------------------------------------------------------
+    names, (test_texts, test_labels) = ckpt["labels"], test_split
+    check_labels(test_labels, names, f"the test split of {data}")
+    test_seqs = [encode(tok, t, clf.backbone.config.block_size) for t in test_texts]  # the checkpoint's block_size
+    pred = all_logits(clf, test_seqs, tok.pad_id, batch_size, device, ctx).argmax(dim=-1).cpu()
+    print_report(ckpt, torch.tensor([names.index(lab) for lab in test_labels]), pred, data)
+    print(f"\nwall time {time.time() - t_start:.1f}s" + ("" if eval_only else f" (training {t_train:.1f}s)"))
+    if not eval_only and stop["signal"]:
+        raise SystemExit(stop_exit_code(stop))

@@ -5,8 +5,8 @@ Crash test for training: start train.py, SIGKILL it at chosen moments, resume, r
     python kill_test.py --kills=3 --max_iters=120
 
 The kills are aimed, from what the run prints: half land during training steps (a random number
-of steps after the latest checkpoint), half right after an "eval" line, while last.pt / ckpt.pt
-are being written. Each kill is classified afterwards from what is on disk: a *.tmp file left
+of steps after the latest checkpoint), half after an "eval" line, the moment a checkpoint's
+.tmp file appears, while last.pt / ckpt.pt are being written. Each kill is classified afterwards from what is on disk: a *.tmp file left
 behind proves the kill interrupted a checkpoint write. At the end it checks that every
 checkpoint loads, that the run reached max_iters, that no kill lost more than one checkpoint
 interval of work, and that the resumed run's final weights and losses equal an uninterrupted
@@ -30,7 +30,6 @@ kills = 20
 max_iters = 2000
 eval_interval = 20  # the checkpoint interval: the most work a kill may lose
 seed = 0
-write_window = 0.02  # seconds: a write-aimed kill comes this long (at most) after the eval line
 keep = False  # keep the temporary folder for inspection
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -94,7 +93,11 @@ def kill_once(aim):
             if aim == "train" and steps_to_wait <= 0:
                 break
         if line.startswith("eval ") and aim == "write":
-            time.sleep(rng.uniform(0.0, write_window))  # the checkpoint is being written about now
+            # the checkpoint is written right after this line: watch for its .tmp and kill the moment
+            # it appears (the file lives from open() to the rename, fsync included)
+            deadline = time.time() + 5
+            while not glob.glob(os.path.join(work, "run", "*.tmp")) and time.time() < deadline:
+                pass
             break
     else:
         proc.wait()

@@ -1,19 +1,33 @@
-"""finetune_cls.py: text classification on the GPT backbone (tiny random backbones, seconds each)."""
+"""finetune_cls.py: text classification on the GPT backbone (tiny random backbones).
+
+Most tests call the script's pieces in this process (`import finetune_cls`: read_table, Classifier,
+optimizer_step...) or run the whole script in this process (runpy: no second torch start-up). Two tests
+run it as a user does, in subprocesses: train + --eval_only + --predict + --predict_file end to end,
+and bad input that must end with one line on stderr.
+"""
+import contextlib
+import io
 import json
+import math
 import os
 import random
 import re
+import runpy
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from conftest import ROOT, assert_one_line_error
-from checkpoint import load_checkpoint, save_checkpoint
+from conftest import ROOT, assert_one_line_error, digest
+import finetune_cls as fc  # the script's pieces: importing it runs nothing
+from checkpoint import grad_scaler, load_checkpoint, save_checkpoint
 from model import GPT, GPTConfig
 from tokenizer import SPECIALS
 
+SCRIPT = os.path.join(ROOT, "finetune_cls.py")
 VOCAB = SPECIALS + list(" abcdefghijklmnopqrstuvwxyzñ.,")
 FAST = ["--device=cpu", "--seed=7"]
 
@@ -29,15 +43,18 @@ def make_backbone(path, block_size=32, seed=0):
     return path
 
 
-def make_classifier(path, base, pool, seed=0):
+def make_classifier(path, base, pool="last", labels=("x", "y", "z"), head_shape=None, seed=0, **changes):
     """A 'cls' checkpoint written by hand (the documented format): the base backbone plus a random head
-    large enough that the probabilities stay far from 0 and 1, so any change in the pooled vector shows."""
+    large enough that the probabilities stay far from 0 and 1, so any change in the pooled vector shows.
+    head_shape and changes (e.g. vocab=..., model_args=...) make broken ones."""
     ckpt = load_checkpoint(str(base))
     gen = torch.Generator().manual_seed(seed)
-    head = {"head.weight": torch.randn(3, 16, generator=gen) * 0.3, "head.bias": torch.zeros(3)}
+    rows, width = head_shape or (len(labels), 16)
+    head = {"head.weight": torch.randn(rows, width, generator=gen) * 0.3, "head.bias": torch.zeros(rows)}
     path.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({**ckpt, "kind": "cls", "model": {**ckpt["model"], **head}, "labels": ["x", "y", "z"],
-                     "label_counts": [1, 1, 1], "pool": pool}, str(path / "ckpt.pt"))
+    save_checkpoint({**ckpt, "kind": "cls", "model": {**ckpt["model"], **head}, "labels": list(labels),
+                     "label_counts": [1] * len(labels), "pool": pool, **changes}, str(path / "ckpt.pt"))
+    return path
 
 
 # one thread per run: these tiny models gain nothing from a second one, and a busy machine makes
@@ -45,23 +62,48 @@ def make_classifier(path, base, pool, seed=0):
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run(*args, cwd):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "finetune_cls.py"), *args], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=240)
+def start(args, cwd):
+    """finetune_cls.py in a subprocess, as a user runs it; finish() waits for it."""
+    return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(p):
+    stdout, stderr = p.communicate(timeout=240)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
 
 
 def run_all(cases, cwd, jobs=2):
-    """Run finetune_cls.py once per argument list, two at a time: start-up (importing torch) dominates
+    """Run finetune_cls.py once per argument list, jobs at a time: start-up (importing torch) dominates
     these short runs, and two of them overlap well on 2 cores."""
     out = []
     for i in range(0, len(cases), jobs):
-        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "finetune_cls.py"), *args], cwd=cwd, env=ENV,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for args in cases[i:i + jobs]]
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=240)
-            out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+        out += [finish(p) for p in [start(args, cwd) for args in cases[i:i + jobs]]]
     return out
+
+
+def run_here(*args, cwd):
+    """Run finetune_cls.py as __main__ in this process (runpy), as if from the command line in cwd; returns
+    a CompletedProcess (exit code, stdout, stderr). Only an error that ends in fail() (SystemExit) is
+    an exit code: any other exception, e.g. a traceback a user would see, fails the calling test."""
+    saved = (sys.argv, os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT),
+             signal.getsignal(signal.SIGTERM))
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [SCRIPT, *args]
+    os.chdir(cwd)
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(SCRIPT, run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        torch.set_num_threads(saved[2])
+        signal.signal(signal.SIGINT, saved[3])  # the script catches Ctrl-C / kill for its training loop
+        signal.signal(signal.SIGTERM, saved[4])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def ab_rows(n, seed):
@@ -86,61 +128,102 @@ def parse_scores(stdout, row="model"):
     return float(m.group(1)), float(m.group(2))
 
 
-def backbone_of(ckpt):
-    return {k: v for k, v in ckpt["model"].items() if not k.startswith("head.")}
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A tiny backbone, the a/b task as one CSV file (split by the script), and a trained classifier."""
+    """A tiny backbone and the a/b task: one CSV file (split by the script), a JSONL file, a split folder."""
     d = tmp_path_factory.mktemp("cls")
     make_backbone(d / "base")
     lines = ["text,label"] + [f"{t},{lab}" for t, lab in ab_rows(200, seed=1)]
     (d / "ab.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    p = run("--init_from=base", "--data=ab.csv", "--out_dir=cls_last", "--pool=last",
-            "--freeze=backbone", "--max_iters=50", "--eval_interval=25", "--learning_rate=0.02", *FAST, cwd=d)
+    rows = ab_rows(120, seed=2)
+    (d / "ab.jsonl").write_text("".join(json.dumps({"t": t, "y": lab}) + "\n" for t, lab in rows), encoding="utf-8")
+    (d / "split").mkdir()
+    for name, part in (("train", rows[:80]), ("val", rows[80:100]), ("test", rows[100:])):
+        write_tsv(d / "split" / f"{name}.tsv", part)
+    return d
+
+
+CLI_ERRORS = [
+    (["--data=ab.csv", "--init_from=base", "--out_dir=cli_file/sub"], "cannot write to out_dir 'cli_file/sub'"),
+    (["--out_dir=cli_bad_head", "--predict=hola"], "does not fit"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_errors(env):
+    """Bad-input runs in subprocesses, all started at once in the background: they overlap the end-to-end
+    test's training, which keeps only one of the 2 cores busy."""
+    (env / "cli_file").write_text("not a folder", encoding="utf-8")
+    make_classifier(env / "cli_bad_head", env / "base", head_shape=(3, 8))  # 8-wide head, 16-wide backbone
+    procs = [start([*args, *FAST], env) for args, _ in CLI_ERRORS]
+    yield procs
+    for p in procs:  # a test failed before collecting them: do not leave them running
+        if p.returncode is None:
+            p.kill()
+            p.communicate()
+
+
+def test_cli_end_to_end_train_eval_only_predict(env, cli_errors):
+    """The user's path, in subprocesses: train on one CSV file, then --eval_only, --predict, --predict_file.
+    (cli_errors: started first, so that they run beside this training.)"""
+    d = env
+    p = run_all([["--init_from=base", "--data=ab.csv", "--out_dir=cls_last", "--pool=last", "--freeze=backbone",
+                  "--max_iters=50", "--eval_interval=25", "--learning_rate=0.02", *FAST]], d)[0]
     assert p.returncode == 0, p.stdout + p.stderr
-    return d, p
-
-
-def test_end_to_end_learns_separable_task_and_eval_only_agrees(env):
-    d, p = env
     acc, f1 = parse_scores(p.stdout)
     assert acc >= 0.95 and f1 >= 0.95, p.stdout
     # the table has the majority baseline beside the model, per-class rows, a confusion matrix, wall time
     base_acc, base_f1 = parse_scores(p.stdout, "majority class")
     assert base_acc == pytest.approx(0.5, abs=0.05) and base_f1 < 0.5
     assert "confusion matrix" in p.stdout and re.search(r"^alfa\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+20$", p.stdout, re.M)
-    assert "wall time" in p.stdout
+    assert "wall time" in p.stdout and "features of 160 texts computed once" in p.stdout
+    assert re.search(r"\| device cpu, float32$", p.stdout, re.M), p.stdout  # the precision, no loss scaling
     log = [json.loads(line) for line in (d / "cls_last" / "log.jsonl").read_text().splitlines()]
     assert [h["iter"] for h in log] == [25, 50] and all(0 <= h["val_macro_f1"] <= 1 for h in log)
-    # 200 rows, 70/10/20 stratified: 40 test texts, 20 of each label
-    assert "140 train, 20 val, 40 test" in p.stdout
-    e = run("--eval_only=True", "--out_dir=cls_last", "--data=ab.csv", *FAST, cwd=d)
-    assert e.returncode == 0, e.stderr
-    assert parse_scores(e.stdout) == (acc, f1)
+    assert "140 train, 20 val, 40 test" in p.stdout  # 200 rows, 70/10/20 stratified: 20 test texts per label
 
-
-def test_label_mapping_round_trips_through_checkpoint(env):
-    d, _ = env
+    # the checkpoint format that app.py / sample.py / --predict rely on; labels sorted, id = position
     ckpt = load_checkpoint(str(d / "cls_last"), kinds=("cls",))
-    assert ckpt["kind"] == "cls" and ckpt["labels"] == ["alfa", "zeta"]  # sorted names, id = position
-    assert ckpt["pool"] == "last" and ckpt["label_counts"] == [70, 70]
+    assert ckpt["labels"] == ["alfa", "zeta"] and ckpt["pool"] == "last" and ckpt["label_counts"] == [70, 70]
     assert ckpt["model"]["head.weight"].shape == (2, 16) and ckpt["model"]["head.bias"].shape == (2,)
     assert {"iter", "val_loss", "val_accuracy", "val_macro_f1"} <= set(ckpt["history"][0])
-    p = run("--out_dir=cls_last", "--predict=aaaaaaa", *FAST, cwd=d)
-    assert p.returncode == 0, p.stderr
-    lines = p.stdout.splitlines()
+    assert set(ckpt["best_val"]) == {"accuracy", "macro_f1", "loss"} and ckpt["iter_num"] in (25, 50)
+    assert ckpt["config"]["freeze"] == "backbone"
+    base = load_checkpoint(str(d / "base"))["model"]  # freeze=backbone: not one backbone weight moved
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in base.items())
+
+    (d / "many.txt").write_text("bbbb\n\naaa\n", encoding="utf-8")
+    e, one, many = run_all([["--eval_only=True", "--out_dir=cls_last", "--data=ab.csv", *FAST],
+                            ["--out_dir=cls_last", "--predict=aaaaaaa", *FAST],
+                            ["--out_dir=cls_last", "--predict_file=many.txt", *FAST]], d, jobs=3)
+    assert e.returncode == 0, e.stderr
+    assert parse_scores(e.stdout) == (acc, f1)  # the same split (same seed), the same saved model
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
     assert lines[0] == "zeta"  # 'a' texts were labelled zeta: id 1 maps back to its name
     probs = dict(line.split() for line in lines[1:])
     assert set(probs) == {"alfa", "zeta"} and float(probs["zeta"]) > 0.5
     assert abs(sum(map(float, probs.values())) - 1) < 1e-3
-    (d / "many.txt").write_text("bbbb\n\naaa\n", encoding="utf-8")
-    p = run("--out_dir=cls_last", "--predict_file=many.txt", *FAST, cwd=d)
-    assert p.returncode == 0, p.stderr
-    rows = [line.split("\t") for line in p.stdout.splitlines()]
+    assert many.returncode == 0, many.stderr
+    rows = [line.split("\t") for line in many.stdout.splitlines()]
     assert rows[0] == ["label", "p(alfa)", "p(zeta)", "text"]
     assert [r[0] for r in rows[1:]] == ["alfa", "zeta"] and [r[3] for r in rows[1:]] == ["bbbb", "aaa"]
+
+
+def test_read_table_formats_and_split(tmp_path):
+    """.csv (with a byte-order mark), .jsonl (numbers as labels), rows with empty texts skipped; one file
+    is split stratified and seeded."""
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text("\ufefftext,label\n  Hola  ,pos\n,neg\n\"a, b\",neg\n", encoding="utf-8")
+    assert fc.read_table(str(csv_path), "text", "label") == (["Hola", "a, b"], ["pos", "neg"])
+    jl = tmp_path / "a.jsonl"
+    jl.write_text('{"t": "uno", "y": 1}\n\n{"t": "dos", "y": 2}\n', encoding="utf-8")
+    assert fc.read_table(str(jl), "t", "y") == (["uno", "dos"], ["1", "2"])
+    texts, labels = zip(*ab_rows(200, seed=1))
+    a = fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=7)
+    assert a == fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=7)
+    assert a != fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=8)
+    assert {s: sorted(labs).count("alfa") for s, (_, labs) in a.items()} == {"train": 70, "val": 10, "test": 20}
 
 
 SHORT = "aab ba"
@@ -152,56 +235,54 @@ TRUNC = "b" * 10 + TAIL  # 42 characters: read as its last 32, which are TAIL
 @pytest.mark.parametrize("pool", ["last", "mean"])
 def test_padding_and_truncation(env, pool):
     """Same text, padded to different lengths -> same probabilities; a long text keeps its end."""
-    d, _ = env
-    make_classifier(d / f"hand_{pool}", d / "base", pool)
-    # --batch_size=2 makes the batches [SHORT, LONG] (SHORT padded by 19), [TAIL, TRUNC], [TRUNC[:32], LONG]
+    ckpt, clf, tok = fc.load_classifier(str(make_classifier(env / f"hand_{pool}", env / "base", pool)), "cpu")
+    assert isinstance(clf, fc.Classifier) and clf.pool == pool and not clf.training
+    # batch_size=2 makes the batches [SHORT, LONG] (SHORT padded by 19), [TAIL, TRUNC], [TRUNC[:32], LONG]
     # and [SHORT] alone (no padding)
     texts = [SHORT, LONG, TAIL, TRUNC, TRUNC[:32], LONG, SHORT]
-    (d / f"pad_{pool}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    p = run(f"--out_dir=hand_{pool}", f"--predict_file=pad_{pool}.txt", "--batch_size=2",
-            *FAST, cwd=d)
-    assert p.returncode == 0, p.stderr
-    probs = [[float(x) for x in line.split("\t")[1:-1]] for line in p.stdout.splitlines()[1:]]
-    assert len(probs) == len(texts) and all(len(row) == 3 for row in probs), p.stdout
+    seqs = [fc.encode(tok, t, clf.backbone.config.block_size) for t in texts]
+    assert seqs[3] == tok.encode(TAIL)
+    probs = F.softmax(fc.all_logits(clf, seqs, tok.pad_id, 2, "cpu"), dim=-1)  # (7, 3)
 
     def diff(i, j):
-        return max(abs(x - y) for x, y in zip(probs[i], probs[j]))
+        return (probs[i] - probs[j]).abs().max().item()
 
-    assert diff(0, 6) < 2e-4, probs  # padded vs not padded
-    assert diff(3, 2) < 2e-4, probs  # the long text is read as its end...
+    assert diff(0, 6) < 1e-5, probs  # padded vs not padded
+    assert diff(3, 2) < 1e-5, probs  # the long text is read as its end...
     assert diff(3, 4) > 1e-2, probs  # ...not as its start
     assert diff(0, 1) > 1e-2, probs  # (the probabilities do depend on the text: the checks above mean something)
+    idx, lengths = fc.pad(seqs[:2], tok.pad_id, "cpu")  # forward = head(features): the logits of one batch
+    assert idx.shape == (2, 25) and (idx[0, 6:] == tok.pad_id).all() and lengths.tolist() == [6, 25]
+    assert torch.allclose(F.softmax(clf(idx, lengths), dim=-1), probs[:2], atol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def runs(env):
-    """Short runs with the backbone (partly) trainable, on the other data formats."""
-    d, _ = env
-    rows = ab_rows(120, seed=2)
-    (d / "ab.jsonl").write_text("".join(json.dumps({"t": t, "y": lab}) + "\n" for t, lab in rows), encoding="utf-8")
-    split = d / "split"
-    split.mkdir()
-    for name, part in (("train", rows[:80]), ("val", rows[80:100]), ("test", rows[100:])):
-        write_tsv(split / f"{name}.tsv", part)
+    """Short in-process runs with each freeze mode, on the other data formats, one of them in float16."""
+    d = env
     common = ["--init_from=base", "--pool=mean", "--eval_interval=5", "--patience=0", *FAST]
     cases = {
+        "backbone": ["--data=ab.csv", "--freeze=backbone", "--max_iters=10", "--learning_rate=0.02"],
         "last_n": ["--data=ab.jsonl", "--text_col=t", "--label_col=y", "--freeze=last_n", "--unfreeze_last=1",
                    "--max_iters=25", "--learning_rate=0.01", "--class_weights=True"],
         "none": ["--data=split", "--freeze=none", "--max_iters=5", "--backbone_lr=1e-3"],
         "none_again": ["--data=split", "--freeze=none", "--max_iters=5", "--backbone_lr=1e-3"],
+        "fp16": ["--data=split", "--freeze=last_n", "--max_iters=10", "--dtype=float16"],
     }
-    for p in run_all([[*common, *args, f"--out_dir=cls_{name}"] for name, args in cases.items()], d):
+    out = {}
+    for name, args in cases.items():
+        p = run_here(*common, *args, f"--out_dir=cls_{name}", cwd=d)
         assert p.returncode == 0, p.stdout + p.stderr
-    return d, {name: load_checkpoint(str(d / f"cls_{name}"), kinds=("cls",)) for name in cases}
+        out[name] = (p, load_checkpoint(str(d / f"cls_{name}"), kinds=("cls",)))
+    return d, out
 
 
-def test_freeze_modes_freeze_exactly_what_they_say(env, runs):
-    d, ckpts = runs
+def test_freeze_modes_freeze_exactly_what_they_say(runs):
+    d, out = runs
     base = load_checkpoint(str(d / "base"))["model"]
-    trained = {"backbone": load_checkpoint(str(d / "cls_last"))["model"], "last_n": ckpts["last_n"]["model"],
-               "none": ckpts["none"]["model"]}
-    for mode, state in trained.items():
-        assert ckpts["none"]["config"]["freeze"] == "none" and ckpts["last_n"]["config"]["freeze"] == "last_n"
+    for mode in ("backbone", "last_n", "none"):
+        state = out[mode][1]["model"]
+        assert out[mode][1]["config"]["freeze"] == mode
         for name, before in base.items():
             if mode == "backbone":
                 should_train = False
@@ -211,43 +292,128 @@ def test_freeze_modes_freeze_exactly_what_they_say(env, runs):
                 should_train = True
             changed = not torch.equal(state[name], before)
             assert changed == should_train, f"freeze={mode}: {name} {'changed' if changed else 'unchanged'}"
+    assert "computed once" in out["backbone"][0].stdout and "computed once" not in out["last_n"][0].stdout
+
+
+def test_best_checkpoint_ties_go_to_lower_val_loss(runs):
+    """The saved checkpoint is the best evaluation of log.jsonl by (val macro-F1, then lower val loss)."""
+    d, out = runs
+    tied = 0
+    for name, (_, ckpt) in out.items():
+        log = [json.loads(line) for line in (d / f"cls_{name}" / "log.jsonl").read_text().splitlines()]
+        best = max(log, key=lambda h: (h["val_macro_f1"], -h["val_loss"]))
+        assert ckpt["iter_num"] == best["iter"] and ckpt["best_val"]["loss"] == best["val_loss"], (name, log)
+        assert ckpt["history"] == [h for h in log if h["iter"] <= best["iter"]]
+        tied += len({h["val_macro_f1"] for h in log}) < len(log)
+    assert tied  # the tiny task is solved early, so ties on the metric happen: the rule above was exercised
 
 
 def test_same_seed_same_run(runs):
-    _, ckpts = runs
-    a, b = ckpts["none"], ckpts["none_again"]
+    _, out = runs
+    a, b = out["none"][1], out["none_again"][1]
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
 
 
-def test_bad_data_and_wrong_checkpoints_give_one_line(env):
-    d, _ = env
+def test_float16_trains_with_loss_scaling(runs):
+    """--dtype=float16 (autocast works on CPU too): the run says it scales the loss, finishes, and learns."""
+    d, out = runs
+    p, ckpt = out["fp16"]
+    assert "device cpu, float16 with loss scaling" in p.stdout, p.stdout
+    assert re.search(r"device cpu, float32$", out["none"][0].stdout, re.M)  # and the others do not scale
+    assert all(math.isfinite(h["val_loss"]) for h in ckpt["history"]) and "wall time" in p.stdout
+    base = load_checkpoint(str(d / "base"))["model"]
+    assert not torch.equal(ckpt["model"]["h.1.attn.c_attn.weight"], base["h.1.attn.c_attn.weight"])  # steps taken
+
+
+def test_optimizer_step_goes_through_the_grad_scaler():
+    """optimizer_step goes through the GradScaler: with float16 the update is the one fp32 makes (the
+    gradients are unscaled before the clip), and a step whose gradients overflowed is skipped."""
+    fp16, fp32 = grad_scaler("cpu", "float16"), grad_scaler("cpu", "float32")
+    assert fp16.is_enabled() and not fp32.is_enabled()
+
+    def step(scaler, k):
+        w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        opt = torch.optim.SGD([w], lr=0.5)
+        fc.optimizer_step((w * k).sum(), opt, scaler, grad_clip=1.0)
+        return w.detach(), w.grad
+
+    for k in (0.25, 3.0):  # gradient norm below the clip, then above it
+        (w16, g16), (w32, _) = step(fp16, k), step(fp32, k)
+        assert torch.allclose(w16, w32) and not torch.equal(w16, torch.tensor([1.0, -2.0])) and g16 is None
+    scale = fp16.get_scale()
+    w, _ = step(fp16, 1e38)  # scaled by 2**16: the gradients overflow to inf
+    assert torch.equal(w, torch.tensor([1.0, -2.0])) and fp16.get_scale() == scale / 2
+
+
+def test_bad_input_gives_one_line_in_process(env):
+    """Every bad input ends in fail(): one line, no traceback, and nothing written to out_dir."""
+    d = env
     write_tsv(d / "cols.tsv", ab_rows(20, 3), header=("texto", "etiqueta"))
     write_tsv(d / "one.tsv", [("aaa", "x")] * 20)
     (d / "empty.tsv").write_text("", encoding="utf-8")
+    (d / "afile").write_text("not a folder", encoding="utf-8")
     bad = d / "bad_split"
-    bad.mkdir()
+    bad.mkdir(exist_ok=True)
     rows = ab_rows(40, 4)
     write_tsv(bad / "train.tsv", rows[:24])
     write_tsv(bad / "val.tsv", rows[24:30])
     write_tsv(bad / "test.tsv", rows[30:] + [("abab", "gamma")])
+    make_classifier(d / "hand_ab", d / "base", labels=("alfa", "zeta"))
+    make_classifier(d / "bad_head", d / "base", head_shape=(3, 8))  # the head expects 8-wide vectors, not 16
+    make_classifier(d / "bad_rows", d / "base", labels=("alfa", "zeta"), head_shape=(3, 16))  # 3 rows, 2 labels
+    make_classifier(d / "bad_vocab", d / "base", vocab=VOCAB[:-1])  # the embedding has one more row
+    args = load_checkpoint(str(d / "base"))["model_args"]
+    make_classifier(d / "bad_layers", d / "base", model_args={**args, "n_layer": 3})  # weights of 2 blocks
+    (d / "bad_base").mkdir(exist_ok=True)
+    save_checkpoint({**load_checkpoint(str(d / "base")), "model_args": {**args, "n_layer": 3}},
+                    str(d / "bad_base" / "ckpt.pt"))
     train = ["--init_from=base", "--out_dir=cls_bad", *FAST]
-    good = (d / "cls_last" / "ckpt.pt").read_bytes()
+    before = digest(d)
     cases = [
-        (["--data=cols.tsv", "--init_from=base", "--out_dir=cls_last"], "columns found: texto, etiqueta"),
+        (["--data=cols.tsv", "--init_from=base", "--out_dir=hand_ab"], "columns found: texto, etiqueta"),
         (["--data=one.tsv", *train], "only one label"),
         (["--data=empty.tsv", *train], "empty"),
         (["--data=missing.csv", *train], "not found"),
         (["--data=bad_split", *train], "'gamma'"),  # a test label never seen in training
-        (["--eval_only=True", "--out_dir=cls_last", "--data=bad_split"], "'gamma'"),  # unknown at eval time
+        (["--eval_only=True", "--out_dir=hand_ab", "--data=bad_split"], "'gamma'"),  # unknown at eval time
         (["--out_dir=base", "--predict=hola"], "'pretrain'"),  # wrong kind: a pretrained model, not a classifier
-        (["--out_dir=cls_last", "--predict=   "], "empty --predict"),
+        (["--out_dir=hand_ab", "--predict=   "], "empty --predict"),
         (["--data=ab.csv", "--init_from=base", "--out_dir=base"], "'pretrain' checkpoint"),  # never clobber it
+        (["--data=ab.csv", "--init_from=base", "--out_dir=afile/sub"], "cannot write to out_dir 'afile/sub'"),
+        (["--data=ab.csv", "--init_from=bad_base", "--out_dir=cls_bad"], "weights do not fit"),
+        (["--out_dir=bad_head", "--predict=hola"], "does not fit 3 labels on the backbone's 16-wide"),
+        (["--eval_only=True", "--out_dir=bad_rows", "--data=split"], "does not fit 2 labels"),
+        (["--out_dir=bad_vocab", "--predict=hola"], "vocabulary size does not match the embedding table"),
+        (["--out_dir=bad_layers", "--predict=hola"], "weights do not fit"),
+        (["--pool=max", *train], "pool must be 'last' or 'mean'"),
+        (["--dtype=float8", *train], "unknown dtype"),
     ]
-    for (args, fragment), p in zip(cases, run_all([args for args, _ in cases], d)):
+    for args, fragment in cases:
+        p = run_here(*args, *FAST, cwd=d)
         line = assert_one_line_error(p)
         assert fragment in line, (args, line)
-    assert not (d / "cls_bad").exists()  # nothing was written by the failed runs
-    assert (d / "cls_last" / "ckpt.pt").read_bytes() == good  # and a good classifier was not touched
-    assert load_checkpoint(str(d / "base"))["kind"] == "pretrain"
+        assert not re.search(r"^(eval|features) ", p.stdout, re.M), (args, p.stdout)  # failed before training
+    # nothing was written by the failed runs: no out_dir, and not one file changed (the classifier in
+    # hand_ab, the pretrained model in base)
+    assert not (d / "cls_bad").exists() and digest(d) == before
+
+
+def test_unwritable_checkpoint_or_log_is_one_line(env):
+    """A checkpoint or log that cannot be written (here a folder in its place; in life a full disk) ends
+    the run with one line, not a traceback."""
+    d = env
+    for blocked in ("ckpt.pt", "log.jsonl"):
+        (d / f"blocked_{blocked}" / blocked / "x").mkdir(parents=True, exist_ok=True)
+        p = run_here("--data=ab.csv", "--init_from=base", f"--out_dir=blocked_{blocked}", "--overwrite=True",
+                     "--max_iters=5", *FAST, cwd=d)
+        assert f"could not write blocked_{blocked}/{blocked}" in assert_one_line_error(p)
+
+
+def test_bad_input_gives_one_line_cli(env, cli_errors):
+    """The same in real processes: nothing else reaches stderr (a warning, a traceback)."""
+    for (args, fragment), p in zip(CLI_ERRORS, cli_errors):
+        line = assert_one_line_error(finish(p))
+        assert fragment in line, (args, line)
+    assert (env / "cli_file").is_file()
