@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         model_from_checkpoint, pick_device, prepare_out_dir, resolve_dtype, save_checkpoint)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
-from model import GPT, GPTConfig, param_groups
+from model import GPT, GPTConfig, pad_batch, param_groups
 from tokenizer import CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
@@ -186,11 +186,7 @@ def encode(tok, text, block_size):
 
 def pad(seqs, pad_id, device):
     """Right-pad id lists with <pad> to the longest of them: (B, T) ids and (B,) lengths."""
-    lengths = torch.tensor([len(s) for s in seqs])
-    idx = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        idx[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return idx.to(device), lengths.to(device)
+    return pad_batch(seqs, pad_id).to(device), torch.tensor([len(s) for s in seqs], device=device)
 
 
 # model -----------------------------------------------------------------------

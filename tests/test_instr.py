@@ -46,16 +46,15 @@ def test_tiny_finetune_memorizes_three_pairs_and_sample_answers(tmp_path):
         assert "".join(answer_stream(model, tok, prompt, 60)) == response
     answers = [json.loads(line) for line in open(tmp_path / "oi" / "eval_answers.jsonl", encoding="utf-8")]
     assert [a["answer"] for a in answers] == [r for _, r in PAIRS]
-    # sample.py: one --prompt, then several questions on stdin, and the raw trace
-    p = run("sample.py", "--out_dir=oi", f"--prompt={PAIRS[1][0]}", cwd=tmp_path)
-    assert p.returncode == 0 and p.stdout.strip() == PAIRS[1][1], p.stderr
+    # sample.py: one --prompt with the raw trace, then several questions on stdin; and eval_only
+    # gives the same table from the saved checkpoint
+    one, again = run_many([("sample.py", "--out_dir=oi", f"--prompt={PAIRS[2][0]}", "--show_raw=True"),
+                           ("finetune_instr.py", "--eval_only=True", "--out_dir=oi", "--test_data=test.json")],
+                          cwd=tmp_path)
+    assert one.returncode == 0 and one.stdout.splitlines() == [PAIRS[2][1], f"[raw] <instr>{PAIRS[2][0]}<resp>{PAIRS[2][1]}<eos>"], one.stdout + one.stderr
+    assert again.returncode == 0 and "overall" in again.stdout
     p = run("sample.py", "--out_dir=oi", cwd=tmp_path, input=f"{PAIRS[0][0]}\n\n{PAIRS[2][0]}\n")
     assert p.returncode == 0 and p.stdout.split("\n")[:2] == [PAIRS[0][1], PAIRS[2][1]]
-    p = run("sample.py", "--out_dir=oi", f"--prompt={PAIRS[2][0]}", "--show_raw=True", cwd=tmp_path)
-    assert f"<instr>{PAIRS[2][0]}<resp>{PAIRS[2][1]}<eos>" in p.stdout
-    # eval_only gives the same table from the saved checkpoint
-    p = run("finetune_instr.py", "--eval_only=True", "--out_dir=oi", "--test_data=test.json", cwd=tmp_path)
-    assert p.returncode == 0 and "overall" in p.stdout
 
 
 def test_prompt_with_special_token_text_is_plain(tmp_path):

@@ -30,8 +30,9 @@ def test_prepare_txt_jsonl_parquet_folder(tmp_path):
     (tmp_path / "folder").mkdir()
     for i, d in enumerate(docs):
         (tmp_path / "folder" / f"{i}.txt").write_text(d, encoding="utf-8")
-    for src, name in (("a.txt", "t"), ("a.jsonl", "j"), ("a.parquet", "p"), ("folder", "f")):
-        p = run("prepare.py", f"--input={src}", f"--dataset={name}", cwd=tmp_path)
+    sources = (("a.txt", "t"), ("a.jsonl", "j"), ("a.parquet", "p"), ("folder", "f"))
+    runs = run_many([("prepare.py", f"--input={src}", f"--dataset={name}") for src, name in sources], cwd=tmp_path)
+    for (src, name), p in zip(sources, runs):
         assert p.returncode == 0, p.stderr
         assert "vocabulary" in p.stdout and "train" in p.stdout
         meta, train, val = _prepared(tmp_path, name)

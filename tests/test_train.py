@@ -75,14 +75,14 @@ def test_sigterm_saves_and_exits_cleanly(tiny_run):
 
 
 def test_kill_test_lands_kills_in_training_and_in_checkpoint_writes():
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "kill_test.py"), "--kills=4", "--max_iters=100"],
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "kill_test.py"), "--kills=3", "--max_iters=80"],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     report = json.loads([line for line in p.stdout.splitlines() if line.startswith("{")][-1])
     # kills landed after the first checkpoint, in the training loop and inside a checkpoint write
     # (a .tmp left on disk proves the latter), and the run still ends exactly like an uninterrupted one
     assert report["kills_during_training"] >= 1 and report["kills_during_write"] >= 1, report
-    assert report["finished_at"] == 100 and report["same_final_weights_as_uninterrupted"] and report["same_val_losses"]
+    assert report["finished_at"] == 80 and report["same_final_weights_as_uninterrupted"] and report["same_val_losses"]
     assert report["max_lost_iterations"] <= report["checkpoint_interval"] and report["tmp_files_left"] == 0
 
 
@@ -179,10 +179,9 @@ def test_vocabulary_mismatch_on_resume_and_bad_flags(tiny_run, tmp_path):
     before = digest(tiny_run / "out")
     cases = [("train.py", TINY, f"--data_root={tmp_path / 'data'}", "--dataset=other", f"--out_dir={tiny_run / 'out'}",
               "--init_from=resume"),
-             ("train.py", "--max_itters=3"), ("train.py", "--batch_size=big"), ("train.py", "--dataset=nothing"),
-             ("train.py", "config/nope.py"), ("train.py", "--learning_rate=fast"), ("train.py", "--dtype=float8")]
-    expected = ["vocabulary", "did you mean: max_iters", "expects an int", "no prepared data", "not found",
-                "expects a float", "unknown dtype"]
+             ("train.py", "--max_itters=3"), ("train.py", "--dataset=nothing"), ("train.py", "--dtype=float8")]
+    # (every configurator error is tested in-process in test_configurator.py; one reaches it from the CLI here)
+    expected = ["vocabulary", "did you mean: max_iters", "no prepared data", "unknown dtype"]
     if not torch.cuda.is_available():
         cases.append(("train.py", "--device=cuda"))
         expected.append("cuda")
