@@ -1,11 +1,11 @@
 """
-Devices, precision, durable files and checkpoints: the helpers every script shares.
+Devices, precision and checkpoints: the helpers every script shares (the durable-file helpers of
+fileio.py are re-exported here, so a training script imports all of them from one place).
 
 A checkpoint is a dict saved with torch.save and loaded with weights_only=True (tensors and plain
 types only, never code): kind ('pretrain' | 'instr' | 'cls'), model_args, model (state dict),
 vocab, and whatever history the script adds.
 """
-import glob
 import io
 import os
 import warnings
@@ -13,6 +13,7 @@ from contextlib import nullcontext
 
 import torch
 
+from fileio import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir, reason_of  # noqa: F401
 from model import GPT, GPTConfig
 from tokenizer import CharTokenizer
 
@@ -53,58 +54,6 @@ def grad_scaler(device, dtype):
     return torch.amp.GradScaler(device.split(":")[0], enabled=resolve_dtype(device, dtype) == "float16")
 
 
-class CheckpointError(Exception):
-    """A checkpoint or output file that is missing, unreadable, unwritable or of the wrong kind (one clear message)."""
-
-
-def _reason(e):
-    return e.strerror or type(e).__name__ if isinstance(e, OSError) else type(e).__name__
-
-
-def atomic_write(path, write):
-    """Write a file so that a crash, a kill or a full disk never leaves it half-written: write(f) fills
-    path.tmp, which is flushed to the disk (fsync) and only then renamed over path; the rename is
-    made durable by an fsync of the folder. On failure the .tmp is removed and the old file is kept."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise CheckpointError(f"could not write {path}: {_reason(e)} (the previous file, if any, is kept)")
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def prepare_out_dir(out_dir):
-    """Create out_dir and prove it is writable before any work starts (a path under a regular file, a
-    read-only disk or a missing permission fails here, in one line, not after an hour of training).
-    Leftover *.tmp files of a killed run are removed."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write_test.tmp")
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-        os.remove(probe)
-        for tmp in glob.glob(os.path.join(out_dir, "*.tmp")):
-            os.remove(tmp)
-    except OSError as e:
-        raise CheckpointError(f"cannot write to out_dir '{out_dir}': {_reason(e)}")
-
-
 def save_checkpoint(ckpt, path):
     """torch.save through atomic_write: the previous checkpoint survives any failure. The bytes are made
     in memory first, so a full disk surfaces as the OSError it is ("No space left on device"), not as
@@ -125,7 +74,7 @@ def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
     except OSError as e:  # the file is there but cannot be read: say why (permission, I/O error)
-        raise CheckpointError(f"cannot read {path}: {_reason(e)}")
+        raise CheckpointError(f"cannot read {path}: {reason_of(e)}")
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model", "vocab")):

@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 
-from checkpoint import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir
+from fileio import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir
 from configurator import configure, fail, jsonl_objects
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text
 

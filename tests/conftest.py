@@ -33,12 +33,14 @@ def run(script, *args, cwd=None, input=None, timeout=240, **kw):
                           capture_output=True, text=True, input=input, timeout=timeout, **kw)
 
 
-def run_many(cases, cwd=None, jobs=2):
+def run_many(cases, cwd=None, jobs=2, env=None):
     """Run (script, *args) cases two at a time: these short runs are mostly start-up (importing
-    torch), which overlaps well on 2 cores. Returns the CompletedProcesses in order."""
+    torch), which overlaps well on 2 cores. One thread each: two 2-thread torch processes on 2 cores
+    spin against each other and run several times slower. Returns the CompletedProcesses in order."""
+    env = env or {**os.environ, "OMP_NUM_THREADS": "1"}
     out = []
     for i in range(0, len(cases), jobs):
-        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, c[0]), *c[1:]], cwd=cwd or ROOT,
+        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, c[0]), *c[1:]], cwd=cwd or ROOT, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
                  for c in cases[i:i + jobs]]
         for c, proc in zip(cases[i:i + jobs], procs):

@@ -53,21 +53,28 @@ def test_ddp_averages_gradients_and_resumes_exactly(tiny_run):
     # one thread per rank (2 ranks on 2 cores), and gloo on the loopback interface only
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
-    def ddp(*args):
-        p = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "train.py"), *common,
-                            *args], cwd=tiny_run, capture_output=True, text=True, timeout=240, env=env)
-        assert p.returncode == 0, p.stderr[-2000:]
-        assert "ranks in sync: max |weight difference| across 2 ranks = 0\n" in p.stdout, p.stdout[-500:]
-        return p
+    def ddp(*args):  # a torchrun, started (it runs beside the others: start-up dominates these tiny runs)
+        return subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "train.py"),
+                                 *common, *args], cwd=tiny_run, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def finished(proc):
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+        assert "ranks in sync: max |weight difference| across 2 ranks = 0\n" in out, out[-500:]
+        return out
 
     # one process, 2 micro-batches per step; and one that trains on only one of them: what a rank
-    # that never all-reduces its gradients would do
+    # that never all-reduces its gradients would do. Beside them: 2 ranks for 20 steps, and 2 ranks
+    # interrupted at 10 (then resumed with 2 ranks again)
+    full, part = ddp("--out_dir=ddp"), ddp("--out_dir=ddp_part", "--max_iters=10")
     one, half = run_many([("train.py", *common, "--out_dir=single"),
-                          ("train.py", *common, "--gradient_accumulation_steps=1", "--out_dir=half")], cwd=tiny_run)
+                          ("train.py", *common, "--gradient_accumulation_steps=1", "--out_dir=half")], cwd=tiny_run,
+                         env=env)
     assert one.returncode == 0 and half.returncode == 0, one.stderr + half.stderr
-    full = ddp("--out_dir=ddp")
-    ddp("--out_dir=ddp_part", "--max_iters=10")  # interrupted at 10, then resumed with 2 ranks again
-    ddp("--out_dir=ddp_part", "--init_from=resume")
+    full_out = finished(full)
+    finished(part)
+    finished(ddp("--out_dir=ddp_part", "--init_from=resume"))
     w = {d: torch.load(tiny_run / d / "last.pt", weights_only=True) for d in ("single", "half", "ddp", "ddp_part")}
 
     def gap(a, b):
@@ -85,4 +92,4 @@ def test_ddp_averages_gradients_and_resumes_exactly(tiny_run):
     assert [h for h in w["ddp_part"]["history"] if "val_loss" in h][-1]["val_loss"] == \
         [h for h in w["ddp"]["history"] if "val_loss" in h][-1]["val_loss"]
     # only rank 0 wrote: one log, and its progress lines are not doubled
-    assert full.stdout.count("iter 20/20") == 1
+    assert full_out.count("iter 20/20") == 1

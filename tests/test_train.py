@@ -31,14 +31,14 @@ def test_train_writes_checkpoint_log_and_resumes(tiny_run):
     os.makedirs(work / "res", exist_ok=True)
     for f in ("ckpt.pt", "last.pt", "log.jsonl"):
         (work / "res" / f).write_bytes((work / "out" / f).read_bytes())
-    p = run("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume", "--max_iters=60", cwd=work)
+    # ... and scratch into a dir holding a checkpoint refuses, and leaves the checkpoint alone
+    before = hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest()
+    p, refused = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume", "--max_iters=60"),
+                           ("train.py", TINY, "--dataset=tiny", "--out_dir=out")], cwd=work)
     assert p.returncode == 0, p.stderr
     assert "resuming from iteration 40" in p.stdout
     assert torch.load(work / "res" / "last.pt", weights_only=True)["iter_num"] == 60
-    # scratch into a dir holding a checkpoint refuses, and leaves the checkpoint alone
-    before = hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest()
-    p = run("train.py", TINY, "--dataset=tiny", "--out_dir=out", cwd=work)
-    assert "already exists" in assert_one_line_error(p)
+    assert "already exists" in assert_one_line_error(refused)
     assert hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest() == before
 
 
@@ -48,7 +48,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_run):
     full, part = run_many([("train.py", *common, "--out_dir=full"),
                            ("train.py", *common, "--out_dir=part", "--max_iters=20")], cwd=w)  # "interrupted" at 20
     assert full.returncode == 0 and part.returncode == 0, full.stderr + part.stderr
-    p = run("train.py", *common, "--out_dir=part", "--init_from=resume", cwd=w)
+    p, = run_many([("train.py", *common, "--out_dir=part", "--init_from=resume")], cwd=w)  # the same 1 thread
     assert p.returncode == 0, p.stderr
     full, full_evals = evals(w / "full")
     part, part_evals = evals(w / "part")
@@ -116,11 +116,13 @@ def test_resume_takes_the_architecture_from_the_checkpoint(tiny_run):
 def test_unwritable_out_dir_fails_at_start_and_full_disk_keeps_the_checkpoint(tiny_run):
     w = tiny_run
     (w / "afile").write_text("a regular file", encoding="utf-8")
-    line = assert_one_line_error(run("train.py", TINY, "--dataset=tiny", "--out_dir=afile/out", cwd=w))
-    assert "cannot write to out_dir 'afile/out'" in line and "iter" not in line
+    under_file, first = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=afile/out"),
+                                  ("train.py", TINY, "--dataset=tiny", "--out_dir=full_disk", "--max_iters=20")], cwd=w)
+    line = assert_one_line_error(under_file)
+    assert "cannot write to out_dir 'afile/out'" in line and "iter" not in under_file.stdout
     # a full disk: files may not grow past 20 kB, smaller than a checkpoint. The save fails in one
     # line, the earlier checkpoint is intact and no .tmp is left behind
-    assert run("train.py", TINY, "--dataset=tiny", "--out_dir=full_disk", "--max_iters=20", cwd=w).returncode == 0
+    assert first.returncode == 0, first.stderr
     before = digest(w / "full_disk")
     p = run("train.py", TINY, "--dataset=tiny", "--out_dir=full_disk", "--init_from=resume", "--max_iters=40", cwd=w,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000)))

@@ -1,0 +1,60 @@
+"""
+Durable files: writes that a crash, a kill or a full disk cannot leave half-done, and the out_dir
+check every script runs before its work. Standard library only, so prepare.py stays free of torch
+(checkpoint.py re-exports all of this for the scripts that train).
+"""
+import glob
+import os
+
+
+class CheckpointError(Exception):
+    """A checkpoint or output file that is missing, unreadable, unwritable or of the wrong kind (one clear message)."""
+
+
+def reason_of(e):
+    """Why an OSError happened, in words ("No space left on device"), or the exception's name."""
+    return e.strerror or type(e).__name__ if isinstance(e, OSError) else type(e).__name__
+
+
+def atomic_write(path, write):
+    """Write a file so that a crash, a kill or a full disk never leaves it half-written: write(f) fills
+    path.tmp, which is flushed to the disk (fsync) and only then renamed over path; the rename is
+    made durable by an fsync of the folder. On failure the .tmp is removed and the old file is kept."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"could not write {path}: {reason_of(e)} (the previous file, if any, is kept)")
+
+
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def prepare_out_dir(out_dir):
+    """Create out_dir and prove it is writable before any work starts (a path under a regular file, a
+    read-only disk or a missing permission fails here, in one line, not after an hour of training).
+    Leftover *.tmp files of a killed run are removed."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, ".write_test.tmp")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+        for tmp in glob.glob(os.path.join(out_dir, "*.tmp")):
+            os.remove(tmp)
+    except OSError as e:
+        raise CheckpointError(f"cannot write to out_dir '{out_dir}': {reason_of(e)}")
