@@ -13,7 +13,6 @@ val loss reached within the budget, tokens/s and the ratio. Its numbers are wall
 on an otherwise idle machine.
 """
 import json
-import math
 import os
 import statistics
 import subprocess

@@ -1,10 +1,9 @@
-"""Instruction tuning: the loss mask, padding, a tiny end-to-end run, sample.py's instruction mode."""
+"""Instruction tuning: padding and the loss mask, a tiny end-to-end run, sample.py's instruction mode, bad input."""
 import json
-import os
 
 import torch
 
-from conftest import ROOT, assert_one_line_error, run, run_many
+from conftest import assert_one_line_error, run, run_many
 from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from model import GPT, GPTConfig, answer_stream, pad_batch
 from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
