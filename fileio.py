@@ -27,17 +27,20 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
     except OSError as e:
         try:
             os.remove(tmp)
         except OSError:
             pass
         raise CheckpointError(f"could not write {path}: {reason_of(e)} (the previous file, if any, is kept)")
+    try:  # make the rename itself durable; best effort: some systems (Windows) cannot open a folder
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def atomic_write_text(path, text):
