@@ -54,6 +54,22 @@ def grad_scaler(device, dtype):
     return torch.amp.GradScaler(device.split(":")[0], enabled=resolve_dtype(device, dtype) == "float16")
 
 
+def scaled_step(optimizers, scaler, grad_clip):
+    """One update, after backward() of scaler.scale(loss): the gradients are unscaled (so the clip sees
+    their true norm) and clipped to grad_clip (0 = no clipping), each optimizer steps through the
+    scaler (a float16 step whose gradients overflowed is skipped, and the scale shrinks), and the
+    gradients are cleared. With bf16/fp32 the scaler is a pass-through."""
+    if grad_clip > 0.0:
+        for opt in optimizers:
+            scaler.unscale_(opt)
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for opt in optimizers:
+        scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
+    scaler.update()
+
+
 def save_checkpoint(ckpt, path):
     """torch.save through atomic_write: the previous checkpoint survives any failure. The bytes are made
     in memory first, so a full disk surfaces as the OSError it is ("No space left on device"), not as

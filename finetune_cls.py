@@ -36,7 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, resolve_dtype, save_checkpoint)
+                        model_from_checkpoint, pick_device, prepare_out_dir, resolve_dtype, save_checkpoint,
+                        scaled_step)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
 from model import GPT, GPTConfig, pad_batch, param_groups
 from tokenizer import CharTokenizer, clean_text
@@ -269,12 +270,7 @@ def optimizer_step(loss, optimizer, scaler, grad_clip):
     gradients do not underflow, the gradients are unscaled before clipping (the clip sees their true
     norm), and a step whose gradients overflowed is skipped. With bf16/fp32 it is a pass-through."""
     scaler.scale(loss).backward()
-    if grad_clip > 0.0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    scaled_step([optimizer], scaler, grad_clip)
 
 
 # evaluation ------------------------------------------------------------------

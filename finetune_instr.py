@@ -20,7 +20,7 @@ import time
 import torch
 
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint)
+                        model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint, scaled_step)
 from configurator import configure, fail
 from model import GPT, GPTConfig, lr_schedule, pad_batch, prompt_ids
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text, instruction_example, strip_accents
@@ -321,12 +321,8 @@ for it in range(max_iters + 1):
         _, loss = model(X, Y)
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {it}; stopped (the best checkpoint so far is kept)")
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)  # clip the true gradients
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)  # float16: skipped if a gradient overflowed
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()  # (a no-op scale unless float16)
+    scaled_step([optimizer], scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
     if avg_model is not model:
         with torch.no_grad():
             for pa, pm in zip(avg_model.parameters(), model.parameters()):

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 import configurator
-from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint, pick_device,
-                        prepare_out_dir, save_checkpoint)
+from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+                        model_from_checkpoint, pick_device, prepare_out_dir, reason_of, save_checkpoint,
+                        scaled_step)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from model import GPT, GPTConfig, lr_schedule, param_groups
 
@@ -196,13 +197,14 @@ if master:  # fail now, not after an hour of training, if out_dir cannot be writ
         fail(e)
 torch.manual_seed(seed)  # the initial weights (the same on every rank)
 batch_gen = torch.Generator()  # reseeded for every micro-batch (see the docstring)
-model = GPT(GPTConfig(**model_args))
 if resumed:
-    try:
-        model.load_state_dict(resumed["model"])
-    except RuntimeError as e:
-        fail(f"the checkpoint's weights do not fit its own architecture (damaged?): {str(e).splitlines()[0]}")
-model.to(device)
+    try:  # the checkpoint's weights, in model_args (its architecture, this run's dropout / use_sdpa)
+        model, _ = model_from_checkpoint({**resumed, "model_args": model_args}, device)
+    except CheckpointError as e:
+        fail(e)
+    model.train()
+else:
+    model = GPT(GPTConfig(**model_args)).to(device)
 
 
 class Muon(torch.optim.Optimizer):
@@ -287,8 +289,10 @@ def write_log(append=None):
                 f.write(json.dumps(append) + "\n")
             return
         atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
-    except (OSError, CheckpointError) as e:
-        fail(f"could not write {path}: {getattr(e, 'strerror', None) or e}")
+    except CheckpointError as e:
+        fail(e)
+    except OSError as e:  # the append
+        fail(f"could not write {path}: {reason_of(e)}")
 
 
 def save(path):
@@ -360,14 +364,7 @@ while True:
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
-    for opt in optimizers:
-        scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
-    if grad_clip > 0.0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    for opt in optimizers:
-        scaler.step(opt)  # float16: skipped if a gradient overflowed (the scale then shrinks)
-        opt.zero_grad(set_to_none=True)
-    scaler.update()
+    scaled_step(optimizers, scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
     train_time += time.time() - tstep
     iter_num += 1
 
