@@ -33,6 +33,12 @@ def atomic_write(path, write):
         except OSError:
             pass
         raise CheckpointError(f"could not write {path}: {reason_of(e)} (the previous file, if any, is kept)")
+    except BaseException:  # an error (or Ctrl-C) inside write(): no half-written .tmp stays behind
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     try:  # make the rename itself durable; best effort: some systems (Windows) cannot open a folder
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
         try:

@@ -40,6 +40,7 @@ from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scale
                         scaled_step)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
 from model import GPT, GPTConfig, pad_batch, param_groups
+from tfidf import tfidf_baseline
 from tokenizer import CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
@@ -288,8 +289,9 @@ def scores(y, pred, k):
             "precision": precision, "recall": recall, "f1": f1, "support": cm.sum(1), "cm": cm}
 
 
-def print_report(ckpt, y, pred, source):
-    """Print the test tables: predictions pred (N,) against the true label ids y (N,)."""
+def print_report(ckpt, y, pred, source, tfidf_pred=None):
+    """Print the test tables: predictions pred (N,) against the true label ids y (N,); tfidf_pred: the
+    TF-IDF baseline's predictions (tfidf.py), a second line to beat."""
     names = ckpt["labels"]
     m = scores(y, pred, len(names))
     # the baseline always answers the most common training label: any real classifier must beat it
@@ -302,6 +304,9 @@ def print_report(ckpt, y, pred, source):
     print(f"{'':<{w}}{'accuracy':>9}{'macro-F1':>10}")
     print(f"{'model':<{w}}{m['accuracy']:>9.3f}{m['macro_f1']:>10.3f}")
     print(f"{'majority class':<{w}}{b['accuracy']:>9.3f}{b['macro_f1']:>10.3f}   (always '{names[majority]}')")
+    if tfidf_pred is not None:
+        t = scores(y, tfidf_pred, len(names))
+        print(f"{'TF-IDF + logreg':<{w}}{t['accuracy']:>9.3f}{t['macro_f1']:>10.3f}   (n-grams, no GPT: tfidf.py)")
     print(f"\n{'label':<{w}}{'precision':>10}{'recall':>8}{'F1':>8}{'support':>9}")
     for i, n in enumerate(names):
         print(f"{n:<{w}}{m['precision'][i]:>10.3f}{m['recall'][i]:>8.3f}{m['f1'][i]:>8.3f}{m['support'][i]:>9d}")
@@ -367,7 +372,8 @@ if __name__ == "__main__":
     # --eval_only=True: out_dir's classifier and the test split; or training --
     if eval_only:
         ckpt, clf, tok = load_classifier(out_dir, device)
-        test_split = load_data(data, text_col, label_col, val_fraction, test_fraction, seed, splits=("test",))["test"]
+        splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed, splits=("train", "test"))
+        test_split = splits["test"]
     else:
         # training: backbone, out_dir check, data
         try:
@@ -524,7 +530,11 @@ if __name__ == "__main__":
     check_labels(test_labels, names, f"the test split of {data}")
     test_seqs = [encode(tok, t, clf.backbone.config.block_size) for t in test_texts]  # the checkpoint's block_size
     pred = all_logits(clf, test_seqs, tok.pad_id, batch_size, device, ctx).argmax(dim=-1).cpu()
-    print_report(ckpt, torch.tensor([names.index(lab) for lab in test_labels]), pred, data)
+    # the second baseline: TF-IDF n-grams + logistic regression, fitted on the same training texts
+    train = [(t, names.index(lab)) for t, lab in zip(*splits["train"]) if lab in names]
+    tfidf_pred = torch.as_tensor(tfidf_baseline(([t for t, _ in train], [i for _, i in train]), (test_texts, None),
+                                                len(names)))
+    print_report(ckpt, torch.tensor([names.index(lab) for lab in test_labels]), pred, data, tfidf_pred)
     print(f"\nwall time {time.time() - t_start:.1f}s" + ("" if eval_only else f" (training {t_train:.1f}s)"))
     if not eval_only and stop["signal"]:
         raise SystemExit(stop_exit_code(stop))

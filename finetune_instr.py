@@ -22,8 +22,9 @@ import torch
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint, scaled_step)
 from configurator import configure, fail
-from model import GPT, GPTConfig, lr_schedule, pad_batch, prompt_ids
-from tokenizer import BASE_CHARS, CharTokenizer, clean_text, instruction_example, strip_accents
+from evaluate import ExamplesError, answer_all, load_examples, print_table
+from model import GPT, GPTConfig, lr_schedule, pad_batch
+from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, strip_accents
 
 # -----------------------------------------------------------------------------
 init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
@@ -68,119 +69,25 @@ except ValueError as e:
 torch.manual_seed(seed)
 
 
-def load_examples(path):
-    """[(prompt, response, kind)] from JSONL or JSON; bad lines are all reported, then we stop."""
-    if not os.path.isfile(path):
-        fail(f"instruction data not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        fail(f"{path} is not UTF-8 text")
-    if not text.strip():
-        fail(f"{path} is empty")
-    if text.lstrip().startswith("["):  # a JSON list (Alpaca's own format)
-        try:
-            items = list(enumerate(json.loads(text), 1))
-        except json.JSONDecodeError as e:
-            fail(f"{path}: not valid JSON ({e.msg} at line {e.lineno})")
-        where = "item"
-    else:
-        items, where = [], "line"
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((n, json.loads(line)))
-                except json.JSONDecodeError:
-                    items.append((n, None))
-    examples, bad = [], []
-    for n, obj in items:
-        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
-            prompt, response = obj["prompt"], obj["response"]
-        elif isinstance(obj, dict) and isinstance(obj.get("instruction"), str) and isinstance(obj.get("output"), str):
-            prompt, response = obj["instruction"], obj["output"]
-            if isinstance(obj.get("input"), str) and obj["input"].strip():
-                prompt += "\n" + obj["input"]  # Alpaca's optional context goes under the instruction
-        else:
-            bad.append(n)
-            continue
-        examples.append((clean_text(prompt).strip(), clean_text(response).strip(), str(obj.get("kind", ""))))
-    if bad:
-        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        fail(f"{path}: {len(bad)} malformed {where}(s) (need prompt/response or instruction/output): {where} {shown}")
-    if not examples:
-        fail(f"{path} holds no examples")
-    return examples
-
-
-# the three seed facts and the key words a correct answer must contain (accents ignored)
-FACT_KEYS = {"fact:perro": ["canino", "canido", "canidae"], "fact:gato": ["felino", "felido", "felidae"],
-             "fact:capital": ["san jose"]}
-
-
-def is_correct(kind, answer, expected):
-    a = strip_accents(answer.lower())
-    hits = {k for k, words in FACT_KEYS.items() if any(w in a for w in words)}
-    if kind in FACT_KEYS:  # its own key words, and none of the other facts'
-        return hits == {kind}
-    if kind == "abstain":
-        return "no lo se" in a and not hits
-    return a.strip() == strip_accents(expected.lower()).strip()  # other facts: the exact answer
-
-
-@torch.no_grad()
-def evaluate(model, tok, examples):
-    """Greedy answers for every prompt; prompts of equal length share a batch (no padding needed,
-    so each answer is exactly what a single-prompt run would give)."""
-    model.eval()
-    encoded = [prompt_ids(tok, p, block, max_new_tokens)[0] for p, _, _ in examples]
-    answers = [None] * len(examples)
-    by_len = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    for length, rows in by_len.items():
-        for s in range(0, len(rows), 64):
-            chunk = rows[s:s + 64]
-            idx = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)  # (b, T)
-            with ctx:
-                out = model.generate(idx, max_new_tokens, temperature=0.0, stop_token=tok.eos_id)
-            for i, row in zip(chunk, out[:, length:].tolist()):
-                row = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
-                answers[i] = tok.decode(row)
-    results = []
-    for (p, r, kind), ans in zip(examples, answers):
-        results.append({"prompt": p, "expected": r, "answer": ans, "kind": kind, "correct": is_correct(kind, ans, r)})
-    return results
-
-
-def print_table(results):
-    kinds = sorted({r["kind"] for r in results}, key=lambda k: (k == "abstain", k))
-    print(f"{'kind':<16}{'n':>5}{'correct':>9}{'accuracy':>10}")
-    rows = [(k, [r for r in results if r["kind"] == k]) for k in kinds]
-    facts = [r for r in results if r["kind"] in FACT_KEYS]
-    if facts:
-        rows.append(("facts (3)", facts))
-    rows.append(("overall", results))
-    for name, rs in rows:
-        c = sum(r["correct"] for r in rs)
-        print(f"{name:<16}{len(rs):>5}{c:>9}{100 * c / len(rs):>9.1f}%")
-
-
 # -----------------------------------------------------------------------------
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 
+def read_examples(path):
+    try:
+        return load_examples(path)
+    except ExamplesError as e:
+        fail(e)
+
+
 def evaluate_checkpoint():
     """Greedy answers of out_dir's checkpoint on test_data: a table, and every answer in a JSONL."""
-    global block
     try:
         model, tok = model_from_checkpoint(load_checkpoint(out_dir, kinds=("instr",)), device)
     except CheckpointError as e:
         fail(e)
-    block = model.config.block_size
     t0 = time.time()
-    results = evaluate(model, tok, load_examples(test_data))
+    results = answer_all(model, tok, read_examples(test_data), max_new_tokens, ctx)
     print(f"held-out evaluation of {ckpt_path} on {test_data} ({time.time() - t0:.1f}s, greedy, model only):")
     print_table(results)
     answers_path = os.path.join(out_dir, "eval_answers.jsonl")
@@ -197,7 +104,7 @@ if eval_only:
 
 if os.path.exists(ckpt_path) and not overwrite:
     fail(f"{ckpt_path} already exists; use --overwrite=True to replace it, or another --out_dir")
-examples = load_examples(data)
+examples = read_examples(data)
 if init_from == "scratch":
     texts = [p + r for p, r, _ in examples] + [BASE_CHARS]
     tok = CharTokenizer.from_texts(texts)

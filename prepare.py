@@ -1,89 +1,59 @@
 """
 Turn raw text into what train.py reads: data/<dataset>/{train.bin, val.bin, meta.json}.
 
-    python prepare.py                                   # the shipped Spanish corpus (data/es/corpus/)
-    python prepare.py --input=my.txt --dataset=mine     # .txt, .jsonl ("text" field), .parquet
-                                                        # ("text" column) or a folder of .txt files
+    python prepare.py                                   # the shipped Spanish corpus (topic texts,
+                                                        # 14 public-domain books, opinions)
+    python prepare.py --input=my.txt --dataset=mine     # a file or folder: .txt, .jsonl ("text" field),
+                                                        # .parquet ("text" column), each also .gz;
+                                                        # several, comma-separated
+    python prepare.py --input=books/ --encoding=latin-1 # force an encoding (default: auto, per file)
     python prepare.py --dataset=shakespeare_char        # the named download (cached, sha256-checked)
+
+Reading (corpus.py): the encoding is detected per file and printed, Project Gutenberg licence
+headers and footers are stripped, and everything streams, so a corpus larger than RAM prepares in
+bounded memory: one pass collects the characters, a second encodes them straight into the .bin files.
 
 The vocabulary is the special tokens, then every character of the corpus, of the shipped task
 data (instructions, sentiment) and of a small base set (ASCII and Spanish letters), so that
-finetuning on the shipped data never meets <unk>. Each document is split contiguously: its
-first 90% goes to train, its last 10% to val (for a single file this is the classic split).
+finetuning on the shipped data never meets <unk>. Each document (a .txt file, or a piece of at most
+~4M characters of a longer one; a .jsonl line; a .parquet row) is split contiguously: its first 90%
+goes to train, its last 10% to val (for a single small file this is the classic split).
 """
 import glob
 import hashlib
 import json
 import os
+import time
 import urllib.request
 
-import numpy as np
-
+from configurator import configure, fail
+from corpus import CorpusError, Reader
 from fileio import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir
-from configurator import configure, fail, jsonl_objects
 from tokenizer import BASE_CHARS, CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
 dataset = "es"  # output folder data/<dataset>/; also picks the default source
-input = ""  # a .txt / .jsonl / .parquet file or a folder of .txt files; '' = the dataset's default
+input = ""  # files or folders, comma-separated; '' = the dataset's default
+encoding = "auto"  # auto (per file: BOM, UTF-8, declared charset, cp1252) or a codec name: utf-8, latin-1, ...
+strip_gutenberg = True  # drop Project Gutenberg licence headers/footers (when the START/END markers are there)
 lowercase = False
 val_fraction = 0.1
+progress = True  # a progress bar (MB/s, time left) on stderr
 download_url = ""  # override the named download's URL (e.g. a file:// mirror)
 data_root = "data"
 # -----------------------------------------------------------------------------
 config = configure(globals())
 
-SHIPPED_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "es", "corpus")
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the default corpus: topic texts and opinions written for the project, and 14 public-domain books
+# (data/es/heldout/ holds a 15th, never trained on: evaluate.py scores unseen prose on it)
+SHIPPED = ["data/es/corpus", "data/es/reviews", "data/es/books"]
 TASK_FILES = ["data/es/instructions/*.jsonl", "data/es/sentiment/*.tsv"]
 DOWNLOADS = {  # name -> (url, size in bytes, sha256)
     "shakespeare_char": (
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         1115394, "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
 }
-
-
-def read_text_file(path):
-    with open(path, "rb") as f:
-        raw = f.read()
-    if b"\x00" in raw:
-        fail(f"{path} looks like a binary file, not text")
-    try:
-        return raw.decode("utf-8"), raw
-    except UnicodeDecodeError as e:
-        fail(f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8 first")
-
-
-def read_source(path):
-    """Return (list of documents, raw bytes for the checksum) from a file or a folder."""
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "**", "*.txt"), recursive=True))
-        if not files:
-            fail(f"folder {path} holds no .txt files")
-        texts, raws = zip(*(read_text_file(f) for f in files))
-        return list(texts), b"".join(raws)
-    if not os.path.isfile(path):
-        fail(f"input not found: {path}")
-    if path.endswith(".jsonl"):
-        text, raw = read_text_file(path)
-        docs = []
-        for n, obj in jsonl_objects(path, text):
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                fail(f"{path} line {n}: expected an object with a string 'text' field")
-            docs.append(obj["text"])
-        return docs, raw
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq  # pyarrow comes with streamlit
-        try:
-            table = pq.read_table(path)
-        except Exception as e:
-            fail(f"{path} is not a readable parquet file: {type(e).__name__}")
-        if "text" not in table.column_names:
-            fail(f"{path} has no 'text' column (columns: {', '.join(table.column_names)})")
-        with open(path, "rb") as f:
-            raw = f.read()
-        return [t for t in table.column("text").to_pylist() if isinstance(t, str)], raw
-    text, raw = read_text_file(path)
-    return [text], raw
 
 
 def download(name, out_dir):
@@ -113,56 +83,86 @@ def download(name, out_dir):
 
 out_dir = os.path.join(data_root, dataset)
 if input:
-    source = input
+    sources = [s.strip() for s in input.split(",") if s.strip()]
 elif dataset in DOWNLOADS:
-    source = download(dataset, out_dir)
+    sources = [download(dataset, out_dir)]
 elif dataset == "es":
-    source = SHIPPED_CORPUS
+    sources = [os.path.join(HERE, s) for s in SHIPPED]
 else:
     fail(f"unknown dataset '{dataset}' with no --input (named downloads: {', '.join(DOWNLOADS)}; "
          f"or pass --input=FILE)")
-docs, raw = read_source(source)
-docs = [clean_text(d, lowercase) for d in docs]
-docs = [d for d in docs if d.strip()]
-n_chars = sum(len(d) for d in docs)
-if n_chars == 0:
-    fail(f"{source} holds no text")
+if not 0 < val_fraction < 1:
+    fail(f"--val_fraction must be between 0 and 1 (got {val_fraction})")
+t0 = time.time()
+try:
+    reader = Reader(sources, encoding, strip_gutenberg, progress, label="pass 1/2: characters")
+    # pass 1: the character set (and every decoding or marker error, before anything is written)
+    chars, n_chars, n_docs, n_val = set(), 0, 0, 0
+    for doc in reader.documents():
+        doc = clean_text(doc, lowercase)
+        if doc.strip():
+            chars.update(doc)
+            n_chars, n_docs = n_chars + len(doc), n_docs + 1
+            n_val += len(doc) + 2 - int((len(doc) + 2) * (1 - val_fraction))  # as pass 2 will cut it
+except CorpusError as e:
+    fail(e)
+print(f"{len(reader.paths)} file(s), {reader.total_bytes / 1e6:,.1f} MB; {reader.summary}")
+print(reader.describe())
+if not n_chars:
+    fail(f"{', '.join(sources)} holds no text")
+if n_val < 2 or n_chars + 2 * n_docs - n_val < 2:
+    fail(f"corpus too small to split ({n_chars} characters)")
 
 # vocabulary: corpus + shipped task data + base characters
 task_texts = []
 for pattern in TASK_FILES:
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), pattern))):
+    for path in sorted(glob.glob(os.path.join(HERE, pattern))):
         with open(path, encoding="utf-8") as f:
             task_texts.append(clean_text(f.read(), lowercase))
-tok = CharTokenizer.from_texts(docs + task_texts + [clean_text(BASE_CHARS, lowercase)])
+tok = CharTokenizer.from_texts(["".join(chars)] + task_texts + [clean_text(BASE_CHARS, lowercase)])
 if len(tok) > 65535:
     fail(f"vocabulary of {len(tok)} characters does not fit uint16 token files")
-
-# contiguous split inside each document: the start of each for train, its end for val
-train_ids, val_ids = [], []
-for d in docs:
-    ids = tok.encode(d + "\n\n")  # a blank line between documents
-    cut = int(len(ids) * (1 - val_fraction))
-    train_ids += ids[:cut]
-    val_ids += ids[cut:]
-if len(val_ids) < 2 or len(train_ids) < 2:
-    fail(f"corpus too small to split ({n_chars} characters)")
-
 try:
     prepare_out_dir(out_dir)
 except CheckpointError as e:
     fail(e)
-meta = {
-    "vocab": tok.vocab, "vocab_size": len(tok), "dtype": "uint16", "lowercase": lowercase,
-    "chars": n_chars, "documents": len(docs), "train_tokens": len(train_ids), "val_tokens": len(val_ids),
-    "source": os.path.abspath(source) if source != SHIPPED_CORPUS else "data/es/corpus (shipped)",
-    "source_sha256": hashlib.sha256(raw).hexdigest(),
-}
-try:  # meta.json last: train.py checks the .bin sizes against it, so a half-done prepare is caught
-    for name, ids in (("train", train_ids), ("val", val_ids)):
-        atomic_write(os.path.join(out_dir, f"{name}.bin"), lambda f: f.write(np.array(ids, dtype=np.uint16).tobytes()))
+
+
+def encode_all(f_train, f_val):
+    """Pass 2: encode every document and append its start to train, its end to val. Returns counts."""
+    counts = {"train_tokens": 0, "val_tokens": 0, "train_bytes": 0, "val_bytes": 0}
+    reader.label = "pass 2/2: encoding"
+    for doc in reader.documents():
+        doc = clean_text(doc, lowercase)
+        if not doc.strip():
+            continue
+        doc += "\n\n"  # a blank line between documents
+        cut = int(len(doc) * (1 - val_fraction))
+        for split, part, f in (("train", doc[:cut], f_train), ("val", doc[cut:], f_val)):
+            ids = tok.encode_array(part)  # (n,) uint16, one id per character
+            f.write(ids.tobytes())
+            counts[f"{split}_tokens"] += len(ids)
+            counts[f"{split}_bytes"] += len(part.encode("utf-8"))
+    return counts
+
+
+# the .bin files are written through .tmp files (kept only if all went well); meta.json last:
+# train.py checks the .bin sizes against it, so a half-done prepare is caught
+counts = {}
+try:
+    atomic_write(os.path.join(out_dir, "train.bin"), lambda ft: atomic_write(
+        os.path.join(out_dir, "val.bin"), lambda fv: counts.update(encode_all(ft, fv))))
+    meta = {
+        "vocab": tok.vocab, "vocab_size": len(tok), "dtype": "uint16", "lowercase": lowercase,
+        "chars": n_chars, "documents": n_docs, **counts,
+        "sources": [os.path.relpath(s, HERE) if s.startswith(HERE) else os.path.abspath(s) for s in sources],
+        "files": len(reader.files),
+        "encodings": {e: sum(i["encoding"] == e for i in reader.files.values())
+                      for e in sorted({i["encoding"] for i in reader.files.values()})},
+    }
     atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=1))
-except CheckpointError as e:
+except (CheckpointError, CorpusError) as e:
     fail(e)
-print(f"{source}: {len(docs)} documents, {n_chars:,} characters, vocabulary {len(tok)}")
-print(f"train {len(train_ids):,} tokens, val {len(val_ids):,} tokens -> {out_dir}/")
+print(reader.summary)
+print(f"{n_docs:,} documents, {n_chars:,} characters, vocabulary {len(tok)}, {time.time() - t0:.1f} s")
+print(f"train {counts['train_tokens']:,} tokens, val {counts['val_tokens']:,} tokens -> {out_dir}/")

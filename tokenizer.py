@@ -51,6 +51,16 @@ class CharTokenizer:
     def encode(self, text):
         return [self.stoi.get(ch, self.unk_id) for ch in text]
 
+    def encode_array(self, text):
+        """encode() for long texts, as a numpy uint16 array: the text's code points (UTF-32) index a
+        table from every Unicode code point to its id (<unk> where the vocabulary lacks it). ~100x faster."""
+        import numpy as np
+        if getattr(self, "_table", None) is None:
+            self._table = np.full(0x110000, self.unk_id, dtype=np.uint16)
+            for ch, i in self.stoi.items():
+                self._table[ord(ch)] = i
+        return self._table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
+
     def decode(self, ids, specials=False):
         """ids -> text. Specials are dropped (<unk> shows as U+FFFD), or spelled out with specials=True."""
         out = []

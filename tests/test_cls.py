@@ -175,6 +175,7 @@ def test_cli_end_to_end_train_eval_only_predict(env, cli_errors):
     # the table has the majority baseline beside the model, per-class rows, a confusion matrix, wall time
     base_acc, base_f1 = parse_scores(p.stdout, "majority class")
     assert base_acc == pytest.approx(0.5, abs=0.05) and base_f1 < 0.5
+    assert parse_scores(p.stdout, r"TF-IDF \+ logreg")[0] >= 0.9  # the n-gram baseline solves this toy task too
     assert "confusion matrix" in p.stdout and re.search(r"^alfa\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+20$", p.stdout, re.M)
     assert "wall time" in p.stdout and "features of 160 texts computed once" in p.stdout
     assert re.search(r"\| device cpu, float32$", p.stdout, re.M), p.stdout  # the precision, no loss scaling

@@ -6,6 +6,8 @@ import os
 import unicodedata
 
 from conftest import ROOT, run
+from corpus import read_text
+from tokenizer import clean_text
 
 ES = os.path.join(ROOT, "data", "es")
 FACTS = ("fact:perro", "fact:gato", "fact:capital")
@@ -91,9 +93,45 @@ def test_prepared_vocabulary_covers_every_shipped_character(tmp_path):
     assert p.returncode == 0, p.stderr
     vocab = set(json.load(open(tmp_path / "es" / "meta.json", encoding="utf-8"))["vocab"])
     for path in glob.glob(os.path.join(ES, "**", "*.*"), recursive=True):
-        if path.endswith((".txt", ".jsonl", ".tsv")):
-            text = open(path, encoding="utf-8").read()
+        if path.endswith((".txt", ".jsonl", ".tsv")) and "heldout" not in path:
+            if path.endswith(".txt"):  # the books are Latin-1, with licence headers: read as prepare.py does
+                text = clean_text(read_text(path)[0])
+            else:
+                text = open(path, encoding="utf-8").read()
             if path.endswith(".jsonl"):
                 text = "".join(v for line in text.splitlines() for v in json.loads(line).values())
             missing = set(text) - vocab - {"\n"}
             assert not missing, (path, missing)
+
+
+def test_opinions_are_unlabelled_and_disjoint_from_the_sentiment_set():
+    """The opinions mixed into pretraining must not contain the labelled reviews (or near copies):
+    otherwise pretraining would see the test set."""
+    import difflib
+    files = sorted(glob.glob(os.path.join(ES, "reviews", "*.txt")))
+    paragraphs = [p.strip() for f in files for p in open(f, encoding="utf-8").read().split("\n\n") if p.strip()]
+    assert len(paragraphs) >= 2000 and len({norm(p) for p in paragraphs}) == len(paragraphs)
+    labelled = [norm(t) for name in ("train.tsv", "val.tsv", "test.tsv") for t, _ in read_tsv(name)]
+    labelled_set = set(labelled)
+    close = []
+    for p in map(norm, paragraphs):
+        assert p not in labelled_set
+        sm = difflib.SequenceMatcher(None, p, autojunk=False)
+        for t in labelled:
+            sm.set_seq1(t)
+            if sm.real_quick_ratio() >= 0.7 and sm.quick_ratio() >= 0.7 and sm.ratio() >= 0.7:
+                close.append((p, t))
+    assert not close, close[:3]
+
+
+def test_books_match_their_documented_checksums():
+    import hashlib
+    import re
+    card = open(os.path.join(ROOT, "data", "README.md"), encoding="utf-8").read()
+    books = sorted(glob.glob(os.path.join(ES, "books", "*.txt")) + glob.glob(os.path.join(ES, "heldout", "*.txt")))
+    assert len(books) == 15 and len(glob.glob(os.path.join(ES, "heldout", "*.txt"))) == 1
+    for path in books:
+        name = os.path.basename(path)
+        row = re.search(rf"^\| `?{re.escape(name)}`? \|.*$", card, re.M)
+        assert row, f"{name} is not listed in data/README.md"
+        assert hashlib.sha256(open(path, "rb").read()).hexdigest() in row.group(0), name

@@ -30,7 +30,15 @@ def test_prepare_txt_jsonl_parquet_folder(tmp_path):
     (tmp_path / "folder").mkdir()
     for i, d in enumerate(docs):
         (tmp_path / "folder" / f"{i}.txt").write_text(d, encoding="utf-8")
-    sources = (("a.txt", "t"), ("a.jsonl", "j"), ("a.parquet", "p"), ("folder", "f"))
+    # the .gz forms, in one folder with an unrelated file (skipped) and a Latin-1 text
+    import gzip
+    (tmp_path / "mixed").mkdir()
+    for name in ("a.txt", "a.jsonl", "a.parquet"):
+        (tmp_path / "mixed" / (name + ".gz")).write_bytes(gzip.compress((tmp_path / name).read_bytes()))
+    (tmp_path / "mixed" / "notes.md").write_text("ignored")
+    (tmp_path / "mixed" / "latin.txt").write_bytes("¿Qué tal? Canción del niño.\n".encode("latin-1") * 30)
+    sources = (("a.txt", "t"), ("a.jsonl", "j"), ("a.parquet", "p"), ("folder", "f"), ("mixed", "m"),
+               ("a.txt,folder", "c"))
     runs = run_many([("prepare.py", f"--input={src}", f"--dataset={name}") for src, name in sources], cwd=tmp_path)
     for (src, name), p in zip(sources, runs):
         assert p.returncode == 0, p.stderr
@@ -40,6 +48,11 @@ def test_prepare_txt_jsonl_parquet_folder(tmp_path):
         text = tok.decode(np.concatenate([train, val]).tolist())
         assert "\r" not in text and "\x07" not in text and "¿qué tal?" in text
         assert len(val) < len(train) and meta["vocab"][:5] == SPECIALS
+    meta_m, _, _ = _prepared(tmp_path, "m")
+    assert meta_m["files"] == 4 and meta_m["encodings"] == {"cp1252": 1, "utf-8": 3}
+    assert "latin.txt: cp1252 (not UTF-8; no declared charset)" in runs[4].stdout
+    meta_c, _, _ = _prepared(tmp_path, "c")
+    assert meta_c["documents"] == 3  # comma-separated sources: a.txt + the folder's two files
     meta_j, _, _ = _prepared(tmp_path, "j")
     meta_f, _, _ = _prepared(tmp_path, "f")
     assert meta_j["train_tokens"] == meta_f["train_tokens"]  # same two documents, same split
@@ -74,13 +87,20 @@ def test_prepare_bad_inputs_give_one_line(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01\x02abc")
     (tmp_path / "latin1.txt").write_bytes("canción".encode("latin-1"))
     (tmp_path / "afile").write_text("hola mundo " * 50, encoding="utf-8")
+    (tmp_path / "nodocs").mkdir()
+    (tmp_path / "nodocs" / "readme.md").write_text("no text files here")
+    (tmp_path / "cut.txt").write_text("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nhola\n" * 3, encoding="utf-8")
     cases = [(("prepare.py", "--input=missing.txt"), "not found"),
              (("prepare.py", "--input=empty.txt"), "no text"),
              (("prepare.py", "--input=bin.txt"), "binary"),
-             (("prepare.py", "--input=latin1.txt"), "UTF-8"),
+             (("prepare.py", "--input=latin1.txt", "--encoding=utf-8"), "cannot be decoded as utf-8"),
+             (("prepare.py", "--input=latin1.txt", "--encoding=nonsense"), "unknown encoding"),
+             (("prepare.py", "--input=nodocs"), "holds no .txt"),
+             (("prepare.py", "--input=cut.txt"), "START marker but no END"),
              (("prepare.py", "--dataset=nope"), "unknown dataset"),
              (("prepare.py", "--input=afile", "--data_root=afile"), "cannot write to out_dir"),
              (("prepare.py", "--dataset=shakespeare_char", "--download_url=file:///nonexistent/input.txt"), "--input")]
     for p, (args, fragment) in zip(run_many([c for c, _ in cases], cwd=tmp_path), cases):
         assert fragment in assert_one_line_error(p), args
-    assert sorted(os.listdir(tmp_path)) == ["afile", "bin.txt", "empty.txt", "latin1.txt"]  # nothing written
+    # nothing written
+    assert sorted(os.listdir(tmp_path)) == ["afile", "bin.txt", "cut.txt", "empty.txt", "latin1.txt", "nodocs"]
