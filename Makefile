@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: demo test app clean venv
+.PHONY: demo test app clean venv backbone
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv .venv
@@ -21,6 +21,12 @@ demo: .venv/.installed
 	@for q in "¿Los perros son caninos?" "¿Los gatos son felinos?" "¿Cuál es la capital de Costa Rica?"; do \
 		echo "> $$q"; $(PY) sample.py --out_dir=out-instr --prompt="$$q"; done
 
+# the shipped backbone pretrained/es-char-6x256/ (about 45 minutes on 2 CPU cores)
+backbone: .venv/.installed
+	$(PY) prepare.py
+	$(PY) train.py config/pretrain_backbone.py --overwrite=True
+	$(PY) checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
+
 test: .venv/.installed
 	$(PY) -m pytest -q tests
 
@@ -28,4 +34,4 @@ app: .venv/.installed
 	.venv/bin/streamlit run app.py --server.address=127.0.0.1
 
 clean:
-	rm -rf out out-* data/es/*.bin data/es/meta.json data/shakespeare_char .pytest_cache test-artifacts
+	rm -rf out out-* data/es/*.bin data/es/meta.json data/shakespeare_char data/bench_prepare bench-prepare .pytest_cache test-artifacts

@@ -5,6 +5,8 @@ Benchmarks: training throughput, a race between two recipes, and sampling speed.
     python bench.py --mode=race                                        # baseline vs fast recipe
     python bench.py --mode=race --dataset=es --target=1.60 --a=config/pretrain_char.py
     python bench.py --mode=sample --out_dir=out                        # KV cache on vs off
+    python bench.py --mode=prepare --prepare_mb=2000                   # prepare.py on a generated 2 GB folder
+    python bench.py --mode=curve --backbone=out                        # what pretraining buys: a learning curve
 
 race runs the two configs one after the other (never at the same time: two PyTorch processes
 on the same cores slow each other down badly), on the same prepared data, each until the
@@ -14,6 +16,7 @@ on an otherwise idle machine.
 """
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -26,7 +29,7 @@ from configurator import configure, fail, read_config_file
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-mode = "train"  # train | race | sample
+mode = "train"  # train | race | sample | prepare | curve
 # train: the model and batch shape come from a train.py config file
 config = "config/pretrain_char.py"
 iters = 20
@@ -44,6 +47,15 @@ max_new_tokens = 500
 prompt_len = -1  # -1: a prompt that fills the block (sampling at the block size); 1: start from "\n"; N: N characters
 prompt_file = "data/es/corpus/a_perros.txt"  # where a longer prompt comes from
 runs = 5
+# prepare: a generated folder (.txt in UTF-8 and Latin-1, .jsonl.gz, .parquet) made of the shipped text
+prepare_mb = 2000
+prepare_dir = "bench-prepare"  # generated once (reused while its size fits), then prepared into data/bench_prepare
+# curve: sentiment test accuracy with few and all labels, pretrained vs scratch vs TF-IDF (3 seeds each)
+backbone = "out"
+cls_config = "config/finetune_cls.py"
+curve_labels = "40,120,0"  # training labels per point (balanced); 0 = all
+seeds = 3
+curve_svg = ""  # also draw the curve into this SVG file (the README's picture)
 device = "cpu"
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -182,8 +194,148 @@ def bench_sample():
         fail("cached and uncached greedy outputs differ")
 
 
+def make_folder(path, megabytes):
+    """A corpus folder of about `megabytes` MB in the shapes prepare.py reads: 8 MB .txt files (every
+    second one Latin-1), .jsonl.gz and .parquet files of one record per paragraph, all built from the
+    shipped text, its paragraphs shuffled differently in every file."""
+    import gzip
+    import random
+
+    from corpus import read_text
+    paragraphs = []
+    for src in ("data/es/corpus", "data/es/reviews", "data/es/books"):
+        for f in sorted(os.listdir(os.path.join(HERE, src))):
+            text = read_text(os.path.join(HERE, src, f))[0].replace("\r\n", "\n")
+            paragraphs += [p for p in text.split("\n\n") if p.strip()]
+    rng, n, size = random.Random(0), 0, 0
+    os.makedirs(path, exist_ok=True)
+    while size < megabytes * 1e6:
+        rng.shuffle(paragraphs)
+        chunk, total = [], 0
+        for p in paragraphs:
+            chunk.append(p)
+            total += len(p) + 2
+            if total > 8e6:
+                break
+        name = os.path.join(path, f"part{n:04d}")
+        if n % 4 == 3:  # a parquet file, if pyarrow is there (it comes with streamlit)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            pq.write_table(pa.table({"text": chunk}), name + ".parquet")
+            name += ".parquet"
+        elif n % 4 == 2:
+            with gzip.open(name + ".jsonl.gz", "wt", encoding="utf-8") as f:
+                f.writelines(json.dumps({"text": p}, ensure_ascii=False) + "\n" for p in chunk)
+            name += ".jsonl.gz"
+        else:
+            enc = "latin-1" if n % 4 == 1 else "utf-8"
+            with open(name + ".txt", "w", encoding=enc, errors="replace") as f:
+                f.write("\n\n".join(chunk))
+            name += ".txt"
+        size += os.path.getsize(name)
+        n += 1
+    return size
+
+
+def bench_prepare():
+    """prepare.py on a large generated folder: wall time, MB/s and the peak memory (RSS) of the process."""
+    import resource
+    have = sum(os.path.getsize(os.path.join(prepare_dir, f)) for f in os.listdir(prepare_dir)) \
+        if os.path.isdir(prepare_dir) else 0
+    if have < prepare_mb * 1e6:
+        t0 = time.time()
+        have = make_folder(prepare_dir, prepare_mb)
+        print(f"generated {prepare_dir}/: {have / 1e6:,.0f} MB in {time.time() - t0:.0f} s")
+    t0 = time.time()
+    p = subprocess.run([sys.executable, os.path.join(HERE, "prepare.py"), f"--input={prepare_dir}",
+                        "--dataset=bench_prepare", "--progress=False"], capture_output=True, text=True)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        fail(f"prepare.py failed: {p.stderr.strip()}")
+    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: kilobytes
+    print(p.stdout.strip())
+    print(f"prepare.py on {have / 1e6:,.0f} MB: {wall:.0f} s wall, {have / 1e6 / wall:.1f} MB/s over both passes, "
+          f"peak RSS {rss_mb:,.0f} MB")
+
+
+def cls_run(init, n, s):
+    """One finetune_cls.py run; returns (model accuracy, TF-IDF accuracy) on the test split."""
+    args = [sys.executable, os.path.join(HERE, "finetune_cls.py"), cls_config, f"--init_from={init}",
+            f"--arch_from={backbone}", f"--train_labels={n}", f"--seed={s}", f"--device={device}",
+            f"--out_dir=out-curve/{init.replace('/', '_')}-{n}-{s}", "--overwrite=True"]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode != 0:
+        fail(f"finetune_cls.py failed: {p.stderr.strip()}")
+    acc = dict(re.findall(r"^(model|TF-IDF) .*?\s([\d.]+)\s+[\d.]+", p.stdout, re.M))
+    return float(acc["model"]), float(acc["TF-IDF"])
+
+
+def draw_curve(path, xs, series):
+    """A small line chart as SVG (no plotting library): x = training labels, y = test accuracy."""
+    W, H, L, B = 520, 300, 50, 40  # size, left and bottom margins
+    lo, hi = 0.45, 0.9
+    px = lambda i: L + 20 + i * (W - L - 60) / max(1, len(xs) - 1)
+    py = lambda a: H - B - (a - lo) / (hi - lo) * (H - B - 20)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>']
+    for a in (0.5, 0.6, 0.7, 0.8, 0.9):
+        out.append(f'<line x1="{L}" x2="{W - 20}" y1="{py(a):.1f}" y2="{py(a):.1f}" stroke="#ddd"/>'
+                   f'<text x="{L - 8}" y="{py(a) + 4:.1f}" text-anchor="end">{a:.1f}</text>')
+    for i, x in enumerate(xs):
+        out.append(f'<text x="{px(i):.1f}" y="{H - B + 18}" text-anchor="middle">{x}</text>')
+    out.append(f'<text x="{(W + L) / 2:.0f}" y="{H - 6}" text-anchor="middle">training labels</text>')
+    out.append(f'<text x="14" y="{(H - B) / 2:.0f}" transform="rotate(-90 14 {(H - B) / 2:.0f})" '
+               f'text-anchor="middle">test accuracy</text>')
+    for k, (name, (color, means)) in enumerate(series.items()):
+        pts = " ".join(f"{px(i):.1f},{py(m):.1f}" for i, m in enumerate(means))
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        out += [f'<circle cx="{px(i):.1f}" cy="{py(m):.1f}" r="3.5" fill="{color}"/>' for i, m in enumerate(means)]
+        out.append(f'<text x="{L + 10}" y="{20 + 16 * k}" fill="{color}">{name}</text>')
+    out.append("</svg>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def bench_curve():
+    """Test accuracy of the GPT classifier (config cls_config) with few and all labels, from the
+    pretrained backbone and from scratch (same network, random weights), beside TF-IDF on the same
+    training texts: mean and spread over `seeds` seeds (each seed also draws its own label subset)."""
+    try:
+        load_checkpoint(backbone, kinds=("pretrain", "instr"))
+    except CheckpointError as e:
+        fail(e)
+    ns = [int(n) for n in curve_labels.split(",")]
+    rows = []
+    for n in ns:
+        runs = {"pretrained": [], "scratch": [], "tfidf": []}
+        for s in range(1, seeds + 1):
+            acc, tf = cls_run(backbone, n, s)
+            runs["pretrained"].append(acc)
+            runs["tfidf"].append(tf)
+            runs["scratch"].append(cls_run("scratch", n, s)[0])
+        rows.append((n, {k: (statistics.mean(v), statistics.pstdev(v)) for k, v in runs.items()}, runs))
+        print(f"labels {n or 'all'}: " + ", ".join(f"{k} {' '.join(f'{a:.3f}' for a in v)}" for k, v in runs.items()),
+              flush=True)
+    print(f"\nsentiment test accuracy, backbone {backbone}, {cls_config}, mean ± sd of {seeds} seeds")
+    print("| training labels | pretrained | scratch | TF-IDF + logreg | pretrained − scratch |")
+    print("| --- | --- | --- | --- | --- |")
+    for n, m, _ in rows:
+        print(f"| {n or 'all'} | {m['pretrained'][0]:.3f} ± {m['pretrained'][1]:.3f} | {m['scratch'][0]:.3f} ± "
+              f"{m['scratch'][1]:.3f} | {m['tfidf'][0]:.3f} | {m['pretrained'][0] - m['scratch'][0]:+.3f} |")
+    if curve_svg:
+        xs = [str(n or "all") for n, _, _ in rows]
+        draw_curve(curve_svg, xs, {"GPT, pretrained": ("#1f77b4", [m["pretrained"][0] for _, m, _ in rows]),
+                                   "GPT, from scratch": ("#d62728", [m["scratch"][0] for _, m, _ in rows]),
+                                   "TF-IDF + logreg": ("#7f7f7f", [m["tfidf"][0] for _, m, _ in rows])})
+        print(f"plot written to {curve_svg}")
+
+
 torch.set_grad_enabled(mode == "train")
-if mode == "train":
+if mode == "curve":
+    bench_curve()
+elif mode == "prepare":
+    bench_prepare()
+elif mode == "train":
     bench_train()
 elif mode == "race":
     bench_race()
@@ -191,4 +343,4 @@ elif mode == "sample":
     with torch.no_grad():
         bench_sample()
 else:
-    fail(f"mode must be train, race or sample, got '{mode}'")
+    fail(f"mode must be train, race, sample, prepare or curve, got '{mode}'")

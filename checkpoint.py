@@ -114,3 +114,29 @@ def model_from_checkpoint(ckpt, device="cpu", **overrides):
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights do not fit the model: {str(e).splitlines()[0]}")
     return model.to(device).eval(), tok
+
+
+def export_weights(src, dst, dtype="bfloat16"):
+    """A small copy of a checkpoint for sharing: the weights in dtype (bf16 halves fp32's size and keeps
+    its range; they are turned back into fp32 when loaded), no optimizer or scaler state. dst is an
+    out_dir-shaped folder (dst/ckpt.pt) that every script accepts as --init_from / --out_dir."""
+    ckpt = load_checkpoint(src)
+    small = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler")}
+    small["model"] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    prepare_out_dir(dst)
+    save_checkpoint(small, os.path.join(dst, "ckpt.pt"))
+    return os.path.getsize(os.path.join(dst, "ckpt.pt"))
+
+
+if __name__ == "__main__":  # python checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
+    from configurator import configure, fail
+    src, dst, dtype = "out-backbone", "", "bfloat16"
+    g = {"src": src, "dst": dst, "dtype": dtype}
+    configure(g)
+    if not g["dst"] or g["dtype"] not in ("bfloat16", "float16", "float32"):
+        fail("usage: python checkpoint.py --src=OUT_DIR --dst=FOLDER [--dtype=bfloat16|float16|float32]")
+    try:
+        size = export_weights(g["src"], g["dst"], g["dtype"])
+    except CheckpointError as e:
+        fail(e)
+    print(f"{g['src']} -> {g['dst']}/ckpt.pt: weights only, {g['dtype']}, {size / 1e6:.1f} MB")

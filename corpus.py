@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import time
+import zlib
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".parquet")
 BLOCK_CHARS = 4 << 20  # a .txt file is read (and split into train/val) in pieces of at most ~4M characters
@@ -69,25 +70,29 @@ def open_binary(path):
 
 
 def read_head(path):
-    f, raw = open_binary(path)
-    try:
-        with raw:
-            return f.read(HEAD_BYTES)
-    except (OSError, EOFError) as e:  # a damaged .gz
-        raise CorpusError(f"cannot read {path}: {e}")
+    return next(blocks(path, HEAD_BYTES), b"")
 
 
-def is_utf8(path):
-    """Whether the whole (decompressed) file is valid UTF-8, checked block by block."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
+def blocks(path, size=1 << 20):
+    """The (decompressed) bytes of a file, block by block."""
     f, raw = open_binary(path)
     with raw:
         try:
-            while block := f.read(1 << 20):
-                decoder.decode(block)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return False
+            while block := f.read(size):
+                yield block
+        except (OSError, EOFError, zlib.error) as e:  # a damaged .gz
+            raise CorpusError(f"cannot read {path}: {e}")
+
+
+def decodes_as(path, codec):
+    """Whether the whole file decodes in this codec (checked block by block, in bounded memory)."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    try:
+        for block in blocks(path):
+            decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
     return True
 
 
@@ -113,7 +118,7 @@ def detect_encoding(path, encoding="auto"):
             return name, "byte-order mark"
     if looks_binary(head):
         raise CorpusError(f"{path} looks like a binary file, not text")
-    if is_utf8(path):
+    if decodes_as(path, "utf-8"):
         return "utf-8", "valid UTF-8"
     m = DECLARED.search(head)
     if m:
@@ -125,14 +130,9 @@ def detect_encoding(path, encoding="auto"):
             return "cp1252", "declared ISO-8859-1, read as its superset cp1252"
         if name and name != "utf-8":
             return name, "declared in the file"
-    f, raw = open_binary(path)
-    with raw:
-        try:
-            while block := f.read(1 << 20):
-                block.decode("cp1252")
-        except UnicodeDecodeError:
-            return "latin-1", "not UTF-8, not cp1252"
-    return "cp1252", "not UTF-8; no declared charset"
+    if decodes_as(path, "cp1252"):
+        return "cp1252", "not UTF-8; no declared charset"
+    return "latin-1", "not UTF-8, not cp1252"
 
 
 class Progress:
@@ -201,7 +201,7 @@ class Reader:
                 except UnicodeDecodeError as e:
                     raise CorpusError(f"{path} cannot be decoded as {info['encoding']} ({e.reason}); "
                                       f"try another --encoding")
-                except (OSError, EOFError) as e:
+                except (OSError, EOFError, zlib.error) as e:
                     raise CorpusError(f"cannot read {path}: {e}")
             done += os.path.getsize(path)
         self.summary = bar.close()

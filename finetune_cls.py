@@ -62,6 +62,8 @@ pool = "last"  # 'last': hidden state of the last real token; 'mean': mean over 
 freeze = "backbone"  # 'backbone': only the head trains; 'last_n': also the last unfreeze_last blocks and ln_f; 'none'
 unfreeze_last = 1
 class_weights = False  # weight the loss by inverse class frequency (imbalanced data)
+train_labels = 0  # train on only N labelled texts, an equal share per label, drawn with `seed` (the
+# learning curve of the README); 0 = all. val and test stay whole
 # training: AdamW at a constant learning rate, early stopping on the val metric
 max_iters = 600
 batch_size = 32
@@ -148,6 +150,18 @@ def stratified_split(texts, labels, val_fraction, test_fraction, seed):
         parts["val"] += idx[n_test:n_test + n_val]
         parts["train"] += idx[n_test + n_val:]
     return {s: ([texts[i] for i in sorted(ix)], [labels[i] for i in sorted(ix)]) for s, ix in parts.items()}
+
+
+def balanced_subset(texts, labels, n, seed):
+    """n of the (texts, labels), n // K per label (as many as there are, if fewer), drawn at random."""
+    rng = random.Random(seed)
+    names = sorted(set(labels))
+    keep = []
+    for name in names:
+        rows = [i for i, lab in enumerate(labels) if lab == name]
+        keep += rng.sample(rows, min(len(rows), n // len(names)))
+    keep.sort()
+    return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
 def load_data(path, text_col, label_col, val_fraction, test_fraction, seed, splits=SPLITS):
@@ -373,6 +387,8 @@ if __name__ == "__main__":
     if eval_only:
         ckpt, clf, tok = load_classifier(out_dir, device)
         splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed, splits=("train", "test"))
+        if train_labels:  # the TF-IDF line below sees the same training texts the classifier saw
+            splits["train"] = balanced_subset(*splits["train"], train_labels, seed)
         test_split = splits["test"]
     else:
         # training: backbone, out_dir check, data
@@ -400,6 +416,10 @@ if __name__ == "__main__":
             print(f"note: {ckpt_path} holds an earlier classifier; this run replaces it from its first evaluation on")
 
         splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed)
+        if train_labels:
+            if train_labels < 2:
+                fail(f"--train_labels must be 0 (all) or at least 2, got {train_labels}")
+            splits["train"] = balanced_subset(*splits["train"], train_labels, seed)
         labels = sorted(set(splits["train"][1]))
         if len(labels) < 2:
             fail(f"only one label ('{labels[0]}') in the training data of {data}: a classifier needs at least two")

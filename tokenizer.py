@@ -6,6 +6,7 @@ when the vocabulary was built. Special tokens are only ever inserted by code
 (tok.instr_id, tok.eos_id, ...): encode() works character by character, so a user who
 types "<resp>" gets the seven characters '<', 'r', 'e', ... and never the special id.
 """
+import re
 import unicodedata
 
 SPECIALS = ["<pad>", "<unk>", "<instr>", "<resp>", "<eos>"]
@@ -15,12 +16,16 @@ PAD, UNK, INSTR, RESP, EOS = range(len(SPECIALS))
 BASE_CHARS = "".join(chr(c) for c in range(32, 127)) + "\n\táéíóúüñÁÉÍÓÚÜÑ¿¡«»—–…“”‘’°"
 
 
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # control characters but tab and newline
+
+
 def clean_text(text, lowercase=False):
     """Unicode NFC, unified line endings, control characters dropped (newline and tab kept)."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    # category Cc = control characters; Cf (format, e.g. zero-width joiners in emoji) is kept
-    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    # Unicode category Cc (control characters) is exactly U+0000-U+001F and U+007F-U+009F;
+    # Cf (format, e.g. zero-width joiners in emoji) is kept
+    text = CONTROL.sub("", text)
     return text.lower() if lowercase else text
 
 

@@ -263,7 +263,8 @@ def runs(env):
     d = env
     common = ["--init_from=base", "--pool=mean", "--eval_interval=5", "--patience=0", *FAST]
     cases = {
-        "backbone": ["--data=ab.csv", "--freeze=backbone", "--max_iters=10", "--learning_rate=0.02"],
+        "backbone": ["--data=ab.csv", "--freeze=backbone", "--max_iters=10", "--learning_rate=0.02",
+                     "--train_labels=21"],
         "last_n": ["--data=ab.jsonl", "--text_col=t", "--label_col=y", "--freeze=last_n", "--unfreeze_last=1",
                    "--max_iters=25", "--learning_rate=0.01", "--class_weights=True"],
         "none": ["--data=split", "--freeze=none", "--max_iters=5", "--backbone_lr=1e-3"],
@@ -294,6 +295,13 @@ def test_freeze_modes_freeze_exactly_what_they_say(runs):
             changed = not torch.equal(state[name], before)
             assert changed == should_train, f"freeze={mode}: {name} {'changed' if changed else 'unchanged'}"
     assert "computed once" in out["backbone"][0].stdout and "computed once" not in out["last_n"][0].stdout
+
+
+def test_train_labels_takes_a_balanced_subset(runs):
+    """--train_labels=N (the learning curve): N // 2 texts per label, val and test untouched."""
+    p, ckpt = runs[1]["backbone"]
+    assert ckpt["label_counts"] == [10, 10] and "20 train, 20 val, 40 test" in p.stdout, p.stdout
+    assert fc.balanced_subset(list("abcdef"), list("xxxyyy"), 4, seed=0)[1] == list("xxyy")
 
 
 def test_best_checkpoint_ties_go_to_lower_val_loss(runs):

@@ -87,6 +87,7 @@ def test_prepare_bad_inputs_give_one_line(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01\x02abc")
     (tmp_path / "latin1.txt").write_bytes("canción".encode("latin-1"))
     (tmp_path / "afile").write_text("hola mundo " * 50, encoding="utf-8")
+    (tmp_path / "bad.txt.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"not really gzip" * 10)
     (tmp_path / "nodocs").mkdir()
     (tmp_path / "nodocs" / "readme.md").write_text("no text files here")
     (tmp_path / "cut.txt").write_text("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nhola\n" * 3, encoding="utf-8")
@@ -96,6 +97,7 @@ def test_prepare_bad_inputs_give_one_line(tmp_path):
              (("prepare.py", "--input=latin1.txt", "--encoding=utf-8"), "cannot be decoded as utf-8"),
              (("prepare.py", "--input=latin1.txt", "--encoding=nonsense"), "unknown encoding"),
              (("prepare.py", "--input=nodocs"), "holds no .txt"),
+             (("prepare.py", "--input=bad.txt.gz"), "cannot read bad.txt.gz"),
              (("prepare.py", "--input=cut.txt"), "START marker but no END"),
              (("prepare.py", "--dataset=nope"), "unknown dataset"),
              (("prepare.py", "--input=afile", "--data_root=afile"), "cannot write to out_dir"),
@@ -103,4 +105,5 @@ def test_prepare_bad_inputs_give_one_line(tmp_path):
     for p, (args, fragment) in zip(run_many([c for c, _ in cases], cwd=tmp_path), cases):
         assert fragment in assert_one_line_error(p), args
     # nothing written
-    assert sorted(os.listdir(tmp_path)) == ["afile", "bin.txt", "cut.txt", "empty.txt", "latin1.txt", "nodocs"]
+    assert sorted(os.listdir(tmp_path)) == ["afile", "bad.txt.gz", "bin.txt", "cut.txt", "empty.txt", "latin1.txt",
+                                           "nodocs"]

@@ -195,3 +195,22 @@ def test_vocabulary_mismatch_on_resume_and_bad_flags(tiny_run, tmp_path):
     assert run("prepare.py", "--input=short.txt", "--dataset=short", cwd=tmp_path).returncode == 0
     line = assert_one_line_error(run("train.py", "--dataset=short", "--block_size=64", cwd=tmp_path))
     assert "too short" in line and not (tmp_path / "out").exists()
+
+
+def test_export_weights_is_small_bf16_and_loads(tiny_run):
+    """checkpoint.py --src --dst: the shipped-backbone format. Weights only, in bf16, loadable with
+    weights_only=True by every script, predicting what the full checkpoint predicts (to bf16 precision)."""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    work = tiny_run
+    p, bad = run_many([("checkpoint.py", "--src=out", "--dst=exported"), ("checkpoint.py", "--src=out")], cwd=work)
+    assert p.returncode == 0 and "weights only, bfloat16" in p.stdout, p.stderr
+    assert "usage" in assert_one_line_error(bad)
+    full, small = load_checkpoint(str(work / "out")), load_checkpoint(str(work / "exported"))
+    assert "optimizer" in full and "optimizer" not in small and small["vocab"] == full["vocab"]
+    assert all(v.dtype == torch.bfloat16 for v in small["model"].values() if v.is_floating_point())
+    assert os.path.getsize(work / "exported" / "ckpt.pt") < os.path.getsize(work / "out" / "ckpt.pt") / 3
+    (a, tok), (b, _) = model_from_checkpoint(full), model_from_checkpoint(small)
+    idx = torch.tensor([tok.encode("El perro es un canino")])
+    with torch.no_grad():
+        pa, pb = torch.softmax(a(idx)[0], -1), torch.softmax(b(idx)[0], -1)
+    assert next(b.parameters()).dtype == torch.float32 and (pa - pb).abs().max() < 0.05
