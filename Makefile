@@ -1,4 +1,5 @@
-# make demo: venv -> prepare -> pretrain -> instruction finetune (+ evaluation) -> classification -> answers
+# make demo: venv -> prepare -> pretrain -> bits per byte on a held-out book -> instruction finetune
+# (+ evaluation) -> classification (from the shipped backbone) -> answers
 # make test: the whole test suite (CPU, a few minutes)
 PY := .venv/bin/python
 PIP := .venv/bin/pip
@@ -15,6 +16,7 @@ venv: .venv/.installed
 demo: .venv/.installed
 	$(PY) prepare.py
 	$(PY) train.py config/pretrain_char.py --overwrite=True
+	$(PY) evaluate.py --out_dir=out,pretrained/es-char-6x256 --text=data/es/heldout/pg13507.txt --max_chars=40000
 	$(PY) sample.py --start="El perro es" --max_new_tokens=300
 	$(PY) finetune_instr.py config/finetune_instr.py --overwrite=True
 	$(PY) finetune_cls.py config/finetune_cls.py --overwrite=True

@@ -30,6 +30,18 @@ def pick_device(name="auto"):
     return name
 
 
+def cpu_has_fast_bf16():
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX, read from /proc/cpuinfo on
+    Linux). There bf16 autocast trains a 4x128 GPT ~1.3x and a 6x256 one ~2-3x faster than float32;
+    elsewhere bf16 is emulated and slower, so the config files ask before choosing it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(device, dtype):
     """'auto' = bf16 on GPUs that support it, fp32 elsewhere; anything else is checked."""
     if dtype == "auto":

@@ -317,6 +317,8 @@ if __name__ == "__main__":
             rows.append({"checkpoint": d, "source": path, **text_row(model, tok, t, ctx)})
         if examples is not None:
             rows.append(instruction_row(d, model, tok, examples, ctx))
+    if not rows:
+        fail("nothing to score: give --text=FILE, --data=DATASET or (instruction checkpoints) --instructions=FILE")
     if json:
         print(jsonlib.dumps(rows, ensure_ascii=False, indent=1))
         raise SystemExit(0)
