@@ -93,3 +93,24 @@ def test_ddp_averages_gradients_and_resumes_exactly(tiny_run):
         [h for h in w["ddp"]["history"] if "val_loss" in h][-1]["val_loss"]
     # only rank 0 wrote: one log, and its progress lines are not doubled
     assert full_out.count("iter 20/20") == 1
+
+
+def test_bench_prepare_and_curve(tiny_run, tmp_path):
+    """bench.py --mode=prepare on a small generated folder (all four file kinds, two encodings) and
+    --mode=curve with one seed and all labels: both run end to end and report what they promise."""
+    cfg = tmp_path / "cls_fast.py"
+    cfg.write_text(f"data = {os.path.join(ROOT, 'data', 'es', 'sentiment')!r}\npool = 'mean'\nfreeze = 'last_n'\n"
+                   "max_iters = 10\neval_interval = 5\nbatch_size = 16\n", encoding="utf-8")
+    prep, curve = run_many([
+        ("bench.py", "--mode=prepare", "--prepare_mb=20"),
+        ("bench.py", "--mode=curve", f"--backbone={tiny_run / 'out'}", f"--cls_config={cfg}", "--curve_labels=0",
+         "--seeds=1", "--curve_svg=curve.svg")], cwd=tmp_path)
+    assert prep.returncode == 0, prep.stderr
+    kinds = {name.split(".", 1)[1] for name in os.listdir(tmp_path / "bench-prepare")}
+    assert kinds == {"txt", "jsonl.gz", "parquet"}
+    assert "peak RSS" in prep.stdout and "cp1252" in prep.stdout and "utf-8" in prep.stdout
+    assert curve.returncode == 0, curve.stderr
+    row = [line for line in curve.stdout.splitlines() if line.startswith("| all |")]
+    assert len(row) == 1 and row[0].count("|") == 6, curve.stdout
+    svg = (tmp_path / "curve.svg").read_text(encoding="utf-8")
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3 and "TF-IDF" in svg
