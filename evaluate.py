@@ -41,6 +41,7 @@ from tokenizer import CharTokenizer, clean_text, strip_accents
 # -----------------------------------------------------------------------------
 out_dir = "out"  # one or more checkpoints, comma-separated
 data = ""  # prepared datasets whose val split is scored, comma-separated; '' = a pretrain checkpoint's own
+# when no --text or --instructions is given
 text = ""  # text files (.txt/.jsonl/.parquet, any encoding, Gutenberg markers stripped), comma-separated
 instructions = ""  # an instruction file (JSONL/JSON, ours or Alpaca) for instruction checkpoints
 max_examples = 200  # greedy answers for the first N examples (bits per byte uses all of them)
@@ -263,7 +264,6 @@ def instruction_row(d, model, tok, examples, ctx):
         for r in results[:3]:
             print(f"  prompt:   {r['prompt'][:100]!r}\n  expected: {r['expected'][:100]!r}\n  answer:   {r['answer'][:100]!r}")
     return row
-
 
 
 if __name__ == "__main__":

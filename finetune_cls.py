@@ -386,8 +386,11 @@ if __name__ == "__main__":
     # --eval_only=True: out_dir's classifier and the test split; or training --
     if eval_only:
         ckpt, clf, tok = load_classifier(out_dir, device)
-        splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed, splits=("train", "test"))
-        if train_labels:  # the TF-IDF line below sees the same training texts the classifier saw
+        # the train split too, if there is one: the TF-IDF line below is fitted on it
+        has_train = not os.path.isdir(data) or any(os.path.isfile(os.path.join(data, "train" + e)) for e in EXTS)
+        splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed,
+                           splits=("train", "test") if has_train else ("test",))
+        if train_labels and has_train:  # the same training texts the classifier saw
             splits["train"] = balanced_subset(*splits["train"], train_labels, seed)
         test_split = splits["test"]
     else:
@@ -551,9 +554,9 @@ if __name__ == "__main__":
     test_seqs = [encode(tok, t, clf.backbone.config.block_size) for t in test_texts]  # the checkpoint's block_size
     pred = all_logits(clf, test_seqs, tok.pad_id, batch_size, device, ctx).argmax(dim=-1).cpu()
     # the second baseline: TF-IDF n-grams + logistic regression, fitted on the same training texts
-    train = [(t, names.index(lab)) for t, lab in zip(*splits["train"]) if lab in names]
+    train = [(t, names.index(lab)) for t, lab in zip(*splits.get("train", ([], []))) if lab in names]
     tfidf_pred = torch.as_tensor(tfidf_baseline(([t for t, _ in train], [i for _, i in train]), (test_texts, None),
-                                                len(names)))
+                                                len(names))) if train else None
     print_report(ckpt, torch.tensor([names.index(lab) for lab in test_labels]), pred, data, tfidf_pred)
     print(f"\nwall time {time.time() - t_start:.1f}s" + ("" if eval_only else f" (training {t_train:.1f}s)"))
     if not eval_only and stop["signal"]:

@@ -304,6 +304,18 @@ def test_train_labels_takes_a_balanced_subset(runs):
     assert fc.balanced_subset(list("abcdef"), list("xxxyyy"), 4, seed=0)[1] == list("xxyy")
 
 
+def test_eval_only_on_a_folder_with_only_a_test_file(runs):
+    """--eval_only needs no training file: the table comes without the TF-IDF line, which needs one."""
+    d, _ = runs
+    (d / "testonly").mkdir(exist_ok=True)
+    (d / "testonly" / "test.tsv").write_text((d / "split" / "test.tsv").read_text(encoding="utf-8"), encoding="utf-8")
+    p = run_here("--eval_only=True", "--out_dir=cls_none", "--data=testonly", *FAST, cwd=d)
+    assert p.returncode == 0, p.stderr
+    assert "majority class" in p.stdout and "TF-IDF" not in p.stdout
+    p = run_here("--eval_only=True", "--out_dir=cls_none", "--data=split", *FAST, cwd=d)
+    assert p.returncode == 0 and "TF-IDF + logreg" in p.stdout, p.stderr
+
+
 def test_best_checkpoint_ties_go_to_lower_val_loss(runs):
     """The saved checkpoint is the best evaluation of log.jsonl by (val macro-F1, then lower val loss)."""
     d, out = runs
