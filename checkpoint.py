@@ -142,8 +142,7 @@ def export_weights(src, dst, dtype="bfloat16"):
 
 if __name__ == "__main__":  # python checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
     from configurator import configure, fail
-    src, dst, dtype = "out-backbone", "", "bfloat16"
-    g = {"src": src, "dst": dst, "dtype": dtype}
+    g = {"src": "out-backbone", "dst": "", "dtype": "bfloat16"}
     configure(g)
     if not g["dst"] or g["dtype"] not in ("bfloat16", "float16", "float32"):
         fail("usage: python checkpoint.py --src=OUT_DIR --dst=FOLDER [--dtype=bfloat16|float16|float32]")

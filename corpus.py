@@ -186,17 +186,18 @@ class Reader:
             info = self.files[path]
             f, raw = open_binary(path)
             with raw:
+                tick = lambda: bar.update(done + raw.tell())  # bytes read so far, all files
                 try:
                     kind = kind_of(path)
                     if kind == "parquet":
-                        yield from self._parquet(path, f, lambda: bar.update(done + raw.tell()))
+                        yield from self._parquet(path, f, tick)
                     else:
                         text = io.TextIOWrapper(f, encoding=info["encoding"], newline="")
                         if kind == "jsonl":
-                            yield from self._jsonl(path, text, lambda: bar.update(done + raw.tell()))
+                            yield from self._jsonl(path, text, tick)
                         else:
                             for block in self._txt(path, text, info):
-                                bar.update(done + raw.tell())
+                                tick()
                                 yield block
                 except UnicodeDecodeError as e:
                     raise CorpusError(f"{path} cannot be decoded as {info['encoding']} ({e.reason}); "

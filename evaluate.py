@@ -36,7 +36,7 @@ from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_ch
 from configurator import configure, fail
 from corpus import CorpusError, read_text
 from model import prompt_ids
-from tokenizer import CharTokenizer, clean_text, strip_accents
+from tokenizer import CharTokenizer, clean_text, instruction_example, strip_accents
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # one or more checkpoints, comma-separated
@@ -228,14 +228,12 @@ def val_text(dataset, data_root="data", max_chars=0):
         raise CorpusError(f"no usable prepared data in {path}/ ({type(e).__name__}; run prepare.py --dataset={dataset})")
     if max_chars:
         ids = ids[:max_chars]
-    return tok.decode(ids.tolist()) if len(ids) < 5_000_000 else "".join(
-        tok.decode(ids[s:s + 1_000_000].tolist()) for s in range(0, len(ids), 1_000_000))
+    return "".join(tok.decode(ids[s:s + 1_000_000].tolist()) for s in range(0, len(ids), 1_000_000))  # bounded lists
 
 
 def instruction_row(d, model, tok, examples, ctx):
     """Bits per byte of the responses given the prompts (all examples), greedy answers of the first
     max_examples: exact match and the per-kind table, printed unless --json."""
-    from tokenizer import instruction_example
     block = model.config.block_size
     nats = n_bytes = 0.0
     for p, r, _ in examples:  # teacher forcing: the response's tokens after <instr> prompt <resp>

@@ -27,17 +27,13 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # any failure, Ctrl-C included: no half-written .tmp stays behind
         try:
             os.remove(tmp)
         except OSError:
             pass
-        raise CheckpointError(f"could not write {path}: {reason_of(e)} (the previous file, if any, is kept)")
-    except BaseException:  # an error (or Ctrl-C) inside write(): no half-written .tmp stays behind
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        if isinstance(e, OSError):
+            raise CheckpointError(f"could not write {path}: {reason_of(e)} (the previous file, if any, is kept)")
         raise
     try:  # make the rename itself durable; best effort: some systems (Windows) cannot open a folder
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
