@@ -29,7 +29,7 @@ import time
 import unicodedata
 from typing import Callable
 
-from tokenizer import strip_accents  # stdlib only: importing app stays light
+from tokenizer import StreamDecoder, strip_accents  # stdlib only: importing app stays light
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_PROMPT_CHARS = 500
@@ -397,13 +397,10 @@ def escape_md(text):
     return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~:])", r"\\\1", text).replace("\n", "  \n")
 
 
-def token_label(tok, i):
-    """How one token id is shown on a chart axis."""
-    i = int(i)
-    if i < 5:
-        return tok.decode([i], specials=True)
-    ch = tok.vocab[i]
-    return {" ": "␣", "\n": "⏎", "\t": "⇥"}.get(ch, ch)
+def token_view(tok, ids):
+    """The token view: each token between ⟨ ⟩, as the tokenizer cut the text (a character per token
+    for a char model; words and word pieces with BPE; a byte that is only part of a character as <0xC3>)."""
+    return "".join(f"⟨{tok.piece(i)}⟩" for i in ids)
 
 
 def inspect_sequence(model, ids):
@@ -459,6 +456,7 @@ class Settings:
     top_k: int = 0  # 0 = all tokens
     use_faq: bool = True
     show_raw: bool = False
+    show_tokens: bool = False
 
     def label(self):
         return f"T={self.temperature:g}, top-k={self.top_k or '—'}, máx={self.max_new}"
@@ -536,7 +534,7 @@ def main():
             if m["role"] == "user":
                 st.markdown(escape_md(m["content"]))
                 continue
-            render_answer(m, settings.show_raw)
+            render_answer(m, settings.show_raw, settings.show_tokens)
             if i == last_model:
                 render_inside(m)
 
@@ -598,12 +596,15 @@ def sidebar():
         temperature=sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
                               help="0 = codicioso: siempre el carácter más probable (respuesta determinista)."),
         top_k=sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
-                        help="Con temperatura > 0: muestrea solo entre los k caracteres más probables (0 = todos)."),
+                        help="Con temperatura > 0: muestrea solo entre los k tokens más probables (0 = todos)."),
         use_faq=sb.toggle("Respuestas fijas (FAQ) primero", value=True, key="faq",
                           help="Las tres preguntas del conjunto (perros, gatos, capital de Costa Rica) se "
                                "responden con el texto fijo del dataset, sin el modelo."),
         show_raw=sb.toggle("Mostrar traza cruda", value=False, key="raw",
-                           help="El texto completo que ve el modelo: <instr>pregunta<resp>respuesta<eos>."))
+                           help="El texto completo que ve el modelo: <instr>pregunta<resp>respuesta<eos>."),
+        show_tokens=sb.toggle("Ver tokens", value=False, key="tokens",
+                              help="La pregunta y la respuesta partidas en los tokens que lee y escribe el "
+                                   "modelo (caracteres, o trozos de palabra con BPE)."))
     if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
         st.session_state.messages = []
     if skipped:
@@ -648,6 +649,7 @@ def answer(prompt, res, settings):
     # encoded again: special tokens have no text of their own) they are the raw trace and "Mirar dentro"
     ids, cut = prompt_ids(tok, prompt, res.model.config.block_size, settings.max_new)
     new, first = [], []
+    dec = StreamDecoder(tok)  # a character whose bytes BPE split is shown once it is whole
 
     def stream():
         for i in answer_ids(res.model, tok, prompt, settings.max_new, settings.temperature,
@@ -655,7 +657,8 @@ def answer(prompt, res, settings):
             if not first:
                 first.append(time.perf_counter() - t0)
             new.append(i)
-            yield escape_md(tok.decode([i]))
+            yield escape_md(dec.add(i))
+        yield escape_md(dec.flush())
 
     try:
         st.write_stream(stream)
@@ -670,10 +673,11 @@ def answer(prompt, res, settings):
             "tps": len(new) / latency if latency > 0 else 0.0, "ckpt": res.name, "path": res.path,
             "mtime": res.mtime, "prompt_ids": ids, "answer_ids": new, "cut": cut,
             "stopped": new[-1:] == [tok.eos_id], "raw": tok.decode(ids + new, specials=True),
+            "token_view": [token_view(tok, ids), token_view(tok, new)],
             "settings": settings.label()}
 
 
-def render_answer(m, show_raw):
+def render_answer(m, show_raw, show_tokens=False):
     import streamlit as st
 
     src = m.get("source")
@@ -691,9 +695,12 @@ def render_answer(m, show_raw):
     st.caption(f":blue-badge[modelo] {m['latency']:.2f} s (primer token {m['first'] * 1000:.0f} ms) · "
                f"{m['tokens']} tokens · {m['tps']:.0f} tokens/s · `{m['ckpt']}` · {m['settings']}"
                + ("" if m["stopped"] else " · cortada: llegó al máximo de tokens")
-               + (f" · pregunta recortada: {m['cut']} caracteres del inicio" if m["cut"] else ""))
+               + (f" · pregunta recortada: {m['cut']} tokens del inicio" if m["cut"] else ""))
     if show_raw:
         st.code(m["raw"], language=None, wrap_lines=True)
+    if show_tokens and "token_view" in m:
+        st.caption(f"Pregunta: {len(m['prompt_ids'])} tokens · respuesta: {len(m['answer_ids'])} tokens")
+        st.code("\n".join(m["token_view"]), language=None, wrap_lines=True)
 
 
 def render_inside(m):
@@ -714,7 +721,7 @@ def render_inside(m):
             return
         L, H, T, _ = att.shape
         ids = list(ids)[-T:]
-        labels = [token_label(tok, i) for i in ids]
+        labels = [tok.piece(i) for i in ids]
         tab_att, tab_next, tab_loss = st.tabs(["Atención", "Siguiente token", "Curva de pérdida"])
         with tab_att:
             c1, c2, c3 = st.columns(3)
@@ -739,7 +746,7 @@ def render_inside(m):
                 tooltip=["consulta", "clave", alt.Tooltip("peso:Q", format=".3f")],
             )
             st.altair_chart(chart, width="stretch", height=min(640, max(220, 10 * (T - q0))) + 60)
-            st.caption("Cada fila es un carácter que «mira» a los anteriores (la máscara causal oculta el "
+            st.caption("Cada fila es un token que «mira» a los anteriores (la máscara causal oculta el "
                        "futuro). Una pasada hacia delante con `record=True` sobre toda la secuencia.")
         with tab_next:
             n_prompt = len(m["prompt_ids"])
@@ -752,7 +759,7 @@ def render_inside(m):
                 k = st.slider("k", 3, 20, 10, key="inside_k")
                 dist = probs[pos - 1]  # the distribution that produced the token at pos
                 top = dist.argsort()[::-1][:k]
-                df = pd.DataFrame({"token": [f"{r + 1}. {token_label(tok, t)}" for r, t in enumerate(top)],
+                df = pd.DataFrame({"token": [f"{r + 1}. {tok.piece(t)}" for r, t in enumerate(top)],
                                    "probabilidad": [float(dist[t]) for t in top],
                                    "elegido": ["sí" if t == ids[pos] else "no" for t in top]})
                 bars = alt.Chart(df).mark_bar().encode(

@@ -4,10 +4,12 @@ fileio.py are re-exported here, so a training script imports all of them from on
 
 A checkpoint is a dict saved with torch.save and loaded with weights_only=True (tensors and plain
 types only, never code): kind ('pretrain' | 'instr' | 'cls'), model_args, model (state dict),
-vocab, and whatever history the script adds.
+the tokenizer (tok.state(): a character vocabulary or BPE merges, as plain lists), and whatever
+history the script adds.
 """
 import io
 import os
+import re
 import warnings
 from contextlib import nullcontext
 
@@ -15,7 +17,7 @@ import torch
 
 from fileio import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir, reason_of  # noqa: F401
 from model import GPT, GPTConfig
-from tokenizer import CharTokenizer
+from tokenizer import load_tokenizer
 
 
 def pick_device(name="auto"):
@@ -105,12 +107,18 @@ def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
         raise CheckpointError(f"cannot read {path}: {reason_of(e)}")
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model", "vocab")):
-        raise CheckpointError(f"{path} is not a checkpoint of this kit (expected keys kind, model_args, model, vocab)")
+    if (not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model"))
+            or ("vocab" not in ckpt and "merges" not in ckpt)):
+        raise CheckpointError(f"{path} is not a checkpoint of this kit (expected keys kind, model_args, model, "
+                              f"vocab or merges)")
     if ckpt["kind"] not in kinds:
         raise CheckpointError(f"{path} holds a '{ckpt['kind']}' model, but this needs: {' or '.join(kinds)}")
+    try:
+        n_vocab = len(load_tokenizer(ckpt))
+    except (ValueError, TypeError, KeyError, re.error) as e:
+        raise CheckpointError(f"{path}: its tokenizer is damaged ({type(e).__name__}: {e})")
     wte = ckpt["model"].get("wte.weight")
-    if wte is None or wte.size(0) != ckpt["model_args"].get("vocab_size") or wte.size(0) != len(ckpt["vocab"]):
+    if wte is None or wte.size(0) != ckpt["model_args"].get("vocab_size") or wte.size(0) != n_vocab:
         raise CheckpointError(f"{path}: vocabulary size does not match the embedding table")
     return ckpt
 
@@ -122,7 +130,7 @@ def model_from_checkpoint(ckpt, device="cpu", **overrides):
         model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
         # classification checkpoints also hold a head; keep only the GPT's own weights here
         model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("head.")})
-        tok = CharTokenizer(ckpt["vocab"])
+        tok = load_tokenizer(ckpt)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights do not fit the model: {str(e).splitlines()[0]}")
     return model.to(device).eval(), tok

@@ -36,7 +36,7 @@ from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_ch
 from configurator import configure, fail
 from corpus import CorpusError, read_text
 from model import prompt_ids
-from tokenizer import CharTokenizer, clean_text, instruction_example, strip_accents
+from tokenizer import StreamDecoder, clean_text, instruction_example, load_tokenizer, strip_accents
 
 # -----------------------------------------------------------------------------
 out_dir = "out"  # one or more checkpoints, comma-separated
@@ -223,12 +223,17 @@ def val_text(dataset, data_root="data", max_chars=0):
         with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
             meta = jsonlib.load(f)
         ids = np.fromfile(os.path.join(path, "val.bin"), dtype=np.dtype(meta.get("dtype", "uint16")))
-        tok = CharTokenizer(meta["vocab"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        tok = load_tokenizer(meta)
+    except (OSError, ValueError, KeyError, TypeError, re.error) as e:
         raise CorpusError(f"no usable prepared data in {path}/ ({type(e).__name__}; run prepare.py --dataset={dataset})")
     if max_chars:
-        ids = ids[:max_chars]
-    return "".join(tok.decode(ids[s:s + 1_000_000].tolist()) for s in range(0, len(ids), 1_000_000))  # bounded lists
+        # enough ids for max_chars characters: a character is one char token, at most 4 byte tokens
+        ids = ids[:max_chars * (4 if tok.kind == "bpe" else 1)]
+    # decoded in bounded pieces; the stream decoder keeps a character whose bytes two pieces share whole
+    dec = StreamDecoder(tok)
+    text = "".join("".join(map(dec.add, ids[s:s + 1_000_000].tolist())) for s in range(0, len(ids), 1_000_000))
+    text += dec.flush()
+    return text[:max_chars] if max_chars else text
 
 
 def instruction_row(d, model, tok, examples, ctx):

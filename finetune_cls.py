@@ -41,7 +41,7 @@ from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scale
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
 from model import GPT, GPTConfig, pad_batch, param_groups
 from tfidf import tfidf_baseline
-from tokenizer import CharTokenizer, clean_text
+from tokenizer import clean_text, load_tokenizer
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -399,8 +399,8 @@ if __name__ == "__main__":
             base = load_checkpoint(arch_from if init_from == "scratch" else init_from, kinds=("pretrain", "instr"))
         except CheckpointError as e:
             fail(e)
-        model_args, vocab = base["model_args"], base["vocab"]
-        tok, block_size = CharTokenizer(vocab), model_args["block_size"]
+        model_args = base["model_args"]
+        tok, block_size = load_tokenizer(base), model_args["block_size"]
         if freeze == "last_n" and not 1 <= unfreeze_last <= model_args["n_layer"]:
             fail(f"unfreeze_last must be between 1 and the backbone's {model_args['n_layer']} blocks, "
                  f"got {unfreeze_last}")
@@ -504,7 +504,7 @@ if __name__ == "__main__":
                 try:
                     if improved:
                         save_checkpoint({"kind": "cls", "model_args": model_args, "model": clf.checkpoint_state(),
-                                         "vocab": vocab, "labels": labels, "label_counts": label_counts.tolist(),
+                                         **tok.state(), "labels": labels, "label_counts": label_counts.tolist(),
                                          "pool": pool, "config": config, "iter_num": it, "history": history,
                                          "best_val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                                                       "loss": val_loss}}, ckpt_path)

@@ -192,7 +192,7 @@ def val_loss():
 def save():
     try:
         save_checkpoint({"kind": "instr", "model_args": model_args, "model": avg_model.state_dict(),
-                         "vocab": tok.vocab, "config": config, "iter_num": it, "best_val_loss": best,
+                         **tok.state(), "config": config, "iter_num": it, "best_val_loss": best,
                          "history": history, "pretrain_history": pretrain_history, "base": init_from}, ckpt_path)
     except CheckpointError as e:
         fail(e)

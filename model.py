@@ -285,7 +285,13 @@ def answer_ids(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=No
 
 
 def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
-    """Yield an instruction model's answer to prompt character by character, until <eos>."""
+    """Yield an instruction model's answer to prompt as text, token by token, until <eos>. A character
+    whose bytes BPE split across tokens comes out whole, once its last byte is there."""
+    from tokenizer import StreamDecoder
+    dec = StreamDecoder(tok)
     for i in answer_ids(model, tok, prompt, max_new_tokens, temperature, top_k, generator):
-        if i != tok.eos_id:
-            yield tok.decode([i])
+        text = dec.add(i)  # <eos> and the other specials add nothing
+        if text:
+            yield text
+    if text := dec.flush():
+        yield text

@@ -8,14 +8,17 @@ Turn raw text into what train.py reads: data/<dataset>/{train.bin, val.bin, meta
                                                         # several, comma-separated
     python prepare.py --input=books/ --encoding=latin-1 # force an encoding (default: auto, per file)
     python prepare.py --dataset=shakespeare_char        # the named download (cached, sha256-checked)
+    python prepare.py --tokenizer=bpe --vocab_size=2048 # byte-level BPE instead of characters
 
 Reading (corpus.py): the encoding is detected per file and printed, Project Gutenberg licence
 headers and footers are stripped, and everything streams, so a corpus larger than RAM prepares in
 bounded memory: one pass collects the characters, a second encodes them straight into the .bin files.
 
-The vocabulary is the special tokens, then every character of the corpus, of the shipped task
-data (instructions, sentiment) and of a small base set (ASCII and Spanish letters), so that
-finetuning on the shipped data never meets <unk>. Each document (a .txt file, or a piece of at most
+Two tokenizers (tokenizer.py). --tokenizer=char: the special tokens, then every character of the
+corpus, of the shipped task data (instructions, sentiment) and of a small base set (ASCII and
+Spanish letters), so that finetuning on the shipped data never meets <unk>. --tokenizer=bpe
+--vocab_size=N: byte-level BPE whose N - 261 merges are learned from the corpus in pass 1 (the task
+data is not used: its test splits must stay unseen; bytes cover any text anyway). Each document (a .txt file, or a piece of at most
 ~4M characters of a longer one; a .jsonl line; a .parquet row) is split contiguously: its first 90%
 goes to train, its last 10% to val (for a single small file this is the classic split).
 """
@@ -23,13 +26,15 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import time
 import urllib.request
+from collections import Counter
 
 from configurator import configure, fail
 from corpus import CorpusError, Reader
 from fileio import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir
-from tokenizer import BASE_CHARS, CharTokenizer, clean_text
+from tokenizer import BASE_CHARS, BYTE0, BPETokenizer, CharTokenizer, clean_text
 
 # -----------------------------------------------------------------------------
 dataset = "es"  # output folder data/<dataset>/; also picks the default source
@@ -37,6 +42,8 @@ input = ""  # files or folders, comma-separated; '' = the dataset's default
 encoding = "auto"  # auto (per file: BOM, UTF-8, declared charset, cp1252) or a codec name: utf-8, latin-1, ...
 strip_gutenberg = True  # drop Project Gutenberg licence headers/footers (when the START/END markers are there)
 lowercase = False
+tokenizer = "char"  # char (one id per character) or bpe (byte-level BPE, learned here)
+vocab_size = 4096  # bpe only: 5 specials + 256 bytes + the merges to learn
 val_fraction = 0.1
 progress = True  # a progress bar (MB/s, time left) on stderr
 download_url = ""  # override the named download's URL (e.g. a file:// mirror)
@@ -93,15 +100,25 @@ else:
          f"or pass --input=FILE)")
 if not 0 < val_fraction < 1:
     fail(f"--val_fraction must be between 0 and 1 (got {val_fraction})")
+if tokenizer not in ("char", "bpe"):
+    fail(f"unknown --tokenizer={tokenizer} (use char or bpe)")
+MAX_VOCAB = 1 << 20  # far beyond what a model of this kit can use: an embedding row per entry
+if tokenizer == "bpe" and not BYTE0 + 256 < vocab_size <= MAX_VOCAB:
+    fail(f"--vocab_size={vocab_size} is out of range for bpe: at least {BYTE0 + 257} "
+         f"({BYTE0} specials + 256 bytes + 1 merge), at most {MAX_VOCAB:,}")
 t0 = time.time()
 try:
-    reader = Reader(sources, encoding, strip_gutenberg, progress, label="pass 1/2: characters")
-    # pass 1: the character set (and every decoding or marker error, before anything is written)
-    chars, n_chars, n_docs, n_val = set(), 0, 0, 0
+    reader = Reader(sources, encoding, strip_gutenberg, progress,
+                    label="pass 1/2: characters" if tokenizer == "char" else "pass 1/2: counting chunks")
+    # pass 1: the character set or the chunk counts BPE learns from (and every decoding or marker
+    # error, before anything is written)
+    chars, chunks, n_chars, n_docs, n_val = set(), Counter(), 0, 0, 0
     for doc in reader.documents():
         doc = clean_text(doc, lowercase)
         if doc.strip():
             chars.update(doc)
+            if tokenizer == "bpe":
+                BPETokenizer.count_chunks(doc + "\n\n", chunks)
             n_chars, n_docs = n_chars + len(doc), n_docs + 1
             n_val += len(doc) + 2 - int((len(doc) + 2) * (1 - val_fraction))  # as pass 2 will cut it
 except CorpusError as e:
@@ -113,15 +130,23 @@ if not n_chars:
 if n_val < 2 or n_chars + 2 * n_docs - n_val < 2:
     fail(f"corpus too small to split ({n_chars} characters)")
 
-# vocabulary: corpus + shipped task data + base characters
-task_texts = []
-for pattern in TASK_FILES:
-    for path in sorted(glob.glob(os.path.join(HERE, pattern))):
-        with open(path, encoding="utf-8") as f:
-            task_texts.append(clean_text(f.read(), lowercase))
-tok = CharTokenizer.from_texts(["".join(chars)] + task_texts + [clean_text(BASE_CHARS, lowercase)])
-if len(tok) > 65535:
-    fail(f"vocabulary of {len(tok)} characters does not fit uint16 token files")
+if tokenizer == "char":  # vocabulary: corpus + shipped task data + base characters
+    task_texts = []
+    for pattern in TASK_FILES:
+        for path in sorted(glob.glob(os.path.join(HERE, pattern))):
+            with open(path, encoding="utf-8") as f:
+                task_texts.append(clean_text(f.read(), lowercase))
+    tok = CharTokenizer.from_texts(["".join(chars)] + task_texts + [clean_text(BASE_CHARS, lowercase)])
+else:
+    t1 = time.time()
+    print(f"learning {vocab_size - BYTE0 - 256:,} BPE merges from {len(chunks):,} distinct chunks")
+    tok, made = BPETokenizer.train(chunks, vocab_size, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if len(tok) < vocab_size:
+        fail(f"corpus too small for --vocab_size={vocab_size}: only {made:,} merges were possible (no pair "
+             f"is left that occurs twice), so at most --vocab_size={len(tok)}")
+    print(f"BPE: {made:,} merges in {time.time() - t1:.1f} s")
+    del chunks
+bin_dtype = "uint16" if len(tok) <= 1 << 16 else "uint32"  # token files: 2 bytes per token while ids fit
 try:
     prepare_out_dir(out_dir)
 except CheckpointError as e:
@@ -139,7 +164,7 @@ def encode_all(f_train, f_val):
         doc += "\n\n"  # a blank line between documents
         cut = int(len(doc) * (1 - val_fraction))
         for split, part, f in (("train", doc[:cut], f_train), ("val", doc[cut:], f_val)):
-            ids = tok.encode_array(part)  # (n,) uint16, one id per character
+            ids = tok.encode_array(part).astype(bin_dtype)  # (n,) one id per character or BPE token
             f.write(ids.tobytes())
             counts[f"{split}_tokens"] += len(ids)
             counts[f"{split}_bytes"] += len(part.encode("utf-8"))
@@ -153,16 +178,19 @@ try:
     atomic_write(os.path.join(out_dir, "train.bin"), lambda ft: atomic_write(
         os.path.join(out_dir, "val.bin"), lambda fv: counts.update(encode_all(ft, fv))))
     meta = {
-        "vocab": tok.vocab, "vocab_size": len(tok), "dtype": "uint16", "lowercase": lowercase,
+        **tok.state(), "vocab_size": len(tok), "dtype": bin_dtype, "lowercase": lowercase,
         "chars": n_chars, "documents": n_docs, **counts,
         "sources": [os.path.relpath(s, HERE) if s.startswith(HERE) else os.path.abspath(s) for s in sources],
         "files": len(reader.files),
         "encodings": {e: sum(i["encoding"] == e for i in reader.files.values())
                       for e in sorted({i["encoding"] for i in reader.files.values()})},
     }
-    atomic_write_text(os.path.join(out_dir, "meta.json"), json.dumps(meta, ensure_ascii=False, indent=1))
+    # one key per line (a BPE merge list stays on its line rather than one number per line)
+    atomic_write_text(os.path.join(out_dir, "meta.json"), "{\n" + ",\n".join(
+        f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in meta.items()) + "\n}\n")
 except (CheckpointError, CorpusError) as e:
     fail(e)
 print(reader.summary)
-print(f"{n_docs:,} documents, {n_chars:,} characters, vocabulary {len(tok)}, {time.time() - t0:.1f} s")
-print(f"train {counts['train_tokens']:,} tokens, val {counts['val_tokens']:,} tokens -> {out_dir}/")
+print(f"{n_docs:,} documents, {n_chars:,} characters, {tok.kind} vocabulary {len(tok):,}, {time.time() - t0:.1f} s")
+print(f"train {counts['train_tokens']:,} tokens, val {counts['val_tokens']:,} tokens "
+      f"({n_chars / (counts['train_tokens'] + counts['val_tokens']):.2f} characters per token) -> {out_dir}/")

@@ -16,7 +16,7 @@ import torch
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail
 from model import answer_ids, prompt_ids
-from tokenizer import clean_text
+from tokenizer import StreamDecoder, clean_text
 
 # -----------------------------------------------------------------------------
 out_dir = "out"
@@ -68,11 +68,11 @@ if ckpt["kind"] == "instr":
             fail("no --prompt given and nothing on stdin")
     for q in questions:
         q = clean_prompt(q)
-        new = []
+        new, dec = [], StreamDecoder(tok)  # holds a character's bytes until BPE has written all of them
         for i in answer_ids(model, tok, q, max_new_tokens, temp, top_k, gen):
             new.append(i)
-            print(tok.decode([i]), end="", flush=True)  # <eos> and the other specials print nothing
-        print()
+            print(dec.add(i), end="", flush=True)  # <eos> and the other specials print nothing
+        print(dec.flush())
         if show_raw:  # what the model read and wrote, from its ids: <instr> prompt <resp> answer [<eos>]
             ids, _ = prompt_ids(tok, q, model.config.block_size, max_new_tokens)
             print("[raw] " + tok.decode(ids + new, specials=True))
@@ -90,7 +90,8 @@ else:
     ids = torch.tensor([tok.encode(start)], dtype=torch.long, device=device)  # (1, T)
     for k in range(num_samples):
         print(start, end="", flush=True)
+        dec = StreamDecoder(tok)
         for t in model.generate_stream(ids, max_new_tokens, temperature=temp, top_k=top_k,
                                        use_cache=use_cache, generator=gen):
-            print(tok.decode(t.tolist()), end="", flush=True)
-        print("\n---------------")
+            print(dec.add(t.item()), end="", flush=True)
+        print(dec.flush() + "\n---------------")

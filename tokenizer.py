@@ -1,12 +1,17 @@
 """
-Text cleaning and the character tokenizer, shared by every script.
+Text cleaning and the two tokenizers, shared by every script.
 
-The vocabulary is: the special tokens first (fixed ids 0..4), then every character seen
-when the vocabulary was built. Special tokens are only ever inserted by code
-(tok.instr_id, tok.eos_id, ...): encode() works character by character, so a user who
-types "<resp>" gets the seven characters '<', 'r', 'e', ... and never the special id.
+Both put the special tokens first (fixed ids 0..4). CharTokenizer then has one id per character
+seen when its vocabulary was built; BPETokenizer has one id per byte (256), then one per merge
+learned by train(). Special tokens are only ever inserted by code (tok.instr_id, tok.eos_id, ...):
+encode() maps text to characters or bytes, so a user who types "<resp>" gets '<', 'r', 'e', ...
+and never the special id. meta.json and every checkpoint hold tok.state() (plain lists), and
+load_tokenizer() rebuilds the right one from it.
 """
+import codecs
+import heapq
 import re
+import time
 import unicodedata
 
 SPECIALS = ["<pad>", "<unk>", "<instr>", "<resp>", "<eos>"]
@@ -36,14 +41,88 @@ def strip_accents(text):
     return unicodedata.normalize("NFC", text).replace("\0", "ñ").replace("\1", "Ñ")
 
 
-class CharTokenizer:
+class Tokenizer:
+    """What both tokenizers share. Ids 0..4 are the special tokens, always; every other id stands for
+    some bytes of UTF-8 text (a character, or a BPE piece). Subclasses give encode(text) and
+    token_bytes(id); decoding, the instruction format and saving are here, once."""
+    pad_id, unk_id, instr_id, resp_id, eos_id = range(len(SPECIALS))
+
+    def decode(self, ids, specials=False):
+        """ids -> text. Specials are dropped (<unk> shows as U+FFFD), or spelled out with specials=True.
+        Bytes are joined before they are decoded: a character split across BPE tokens comes out whole."""
+        out, run = [], []
+        for i in ids:
+            i = int(i)
+            if i >= len(SPECIALS):
+                run.append(self.token_bytes(i))
+                continue
+            out.append(b"".join(run).decode("utf-8", errors="replace"))
+            run = []
+            if specials:
+                out.append(SPECIALS[i])
+            elif i == UNK:
+                out.append("\ufffd")  # show that something unknown was here
+        out.append(b"".join(run).decode("utf-8", errors="replace"))
+        return "".join(out)
+
+    def piece(self, i):
+        """How one token looks on its own (the app's token view and charts): specials by name, visible
+        space/newline/tab marks, and a byte that is only part of a character as <0xC3>."""
+        i = int(i)
+        if i < len(SPECIALS):
+            return SPECIALS[i]
+        b = self.token_bytes(i)
+        try:
+            text = b.decode("utf-8")
+        except UnicodeDecodeError:  # a BPE token that ends (or starts) inside a multi-byte character
+            text = b.decode("utf-8", errors="backslashreplace").replace("\\x", "<0x")
+            text = re.sub(r"<0x([0-9a-f]{2})", lambda m: f"<0x{m.group(1).upper()}>", text)
+        return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+
+    def encode_instruction(self, prompt, response=None, max_len=None):
+        """<instr> prompt <resp> [response <eos>] as ids, with the special ids inserted here.
+        If it is longer than max_len, the prompt loses tokens from its start (the end of a prompt,
+        where the question usually is, is kept). Returns (ids, tokens cut)."""
+        p = self.encode(prompt)
+        r = [] if response is None else self.encode(response) + [self.eos_id]
+        cut = 0
+        if max_len is not None and len(p) + len(r) + 2 > max_len:
+            r = r[: max(0, max_len - 3)]  # only if the response alone is too long
+            cut = max(0, len(p) + len(r) + 2 - max_len)
+            p = p[cut:]
+        return [self.instr_id] + p + [self.resp_id] + r, cut
+
+
+class StreamDecoder:
+    """Token ids in, text out, as they are generated, never half a character: the bytes of a character
+    that BPE split across tokens are held until the character is complete. Specials print nothing.
+        dec = StreamDecoder(tok); for i in ids: print(dec.add(i), end=""); print(dec.flush())"""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, i):
+        i = int(i)
+        if i < len(SPECIALS):
+            return "\ufffd" if i == UNK else ""
+        return self.utf8.decode(self.tok.token_bytes(i))
+
+    def flush(self):
+        """Whatever is still held (an incomplete character at the very end shows as U+FFFD)."""
+        return self.utf8.decode(b"", final=True)
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
     def __init__(self, vocab):
         # vocab: list of strings, SPECIALS first, then single characters
         if list(vocab[: len(SPECIALS)]) != SPECIALS:
             raise ValueError("vocabulary must start with the special tokens " + " ".join(SPECIALS))
         self.vocab = list(vocab)
         self.stoi = {ch: i for i, ch in enumerate(self.vocab) if i >= len(SPECIALS)}
-        self.pad_id, self.unk_id, self.instr_id, self.resp_id, self.eos_id = range(len(SPECIALS))
+        self._bytes = [ch.encode("utf-8") for ch in self.vocab]
 
     @classmethod
     def from_texts(cls, texts):
@@ -53,44 +132,160 @@ class CharTokenizer:
     def __len__(self):
         return len(self.vocab)
 
+    def state(self):
+        """What meta.json and every checkpoint store to rebuild this tokenizer (plain lists)."""
+        return {"tokenizer": "char", "vocab": self.vocab}
+
+    def token_bytes(self, i):
+        return self._bytes[i]
+
     def encode(self, text):
         return [self.stoi.get(ch, self.unk_id) for ch in text]
 
     def encode_array(self, text):
-        """encode() for long texts, as a numpy uint16 array: the text's code points (UTF-32) index a
+        """encode() for long texts, as a numpy uint32 array: the text's code points (UTF-32) index a
         table from every Unicode code point to its id (<unk> where the vocabulary lacks it). ~100x faster."""
         import numpy as np
         if getattr(self, "_table", None) is None:
-            self._table = np.full(0x110000, self.unk_id, dtype=np.uint16)
+            self._table = np.full(0x110000, self.unk_id, dtype=np.uint32)
             for ch, i in self.stoi.items():
                 self._table[ord(ch)] = i
         return self._table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
 
-    def decode(self, ids, specials=False):
-        """ids -> text. Specials are dropped (<unk> shows as U+FFFD), or spelled out with specials=True."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i >= len(SPECIALS):
-                out.append(self.vocab[i])
-            elif specials:
-                out.append(SPECIALS[i])
-            elif i == UNK:
-                out.append("\ufffd")  # show that something unknown was here
-        return "".join(out)
 
-    def encode_instruction(self, prompt, response=None, max_len=None):
-        """<instr> prompt <resp> [response <eos>] as ids, with the special ids inserted here.
-        If it is longer than max_len, the prompt loses characters from its start (the end of a
-        prompt, where the question usually is, is kept). Returns (ids, characters cut)."""
-        p = self.encode(prompt)
-        r = [] if response is None else self.encode(response) + [self.eos_id]
-        cut = 0
-        if max_len is not None and len(p) + len(r) + 2 > max_len:
-            r = r[: max(0, max_len - 3)]  # only if the response alone is too long
-            cut = max(0, len(p) + len(r) + 2 - max_len)
-            p = p[cut:]
-        return [self.instr_id] + p + [self.resp_id] + r, cut
+# GPT-style pre-split, for Spanish: a word (letters of any script, accents and ñ included) with the
+# space before it; numbers in groups of at most 3 digits; a run of punctuation with its space (so
+# " ¿" and "?" are pieces of their own); whitespace, where a run before a word leaves its last
+# space to the word. Merges never cross these chunk boundaries, so " perro" and " perros" share a
+# prefix and no token ever glues a word to the punctuation after it. Every character falls in one
+# alternative (letters, digits, _, whitespace, everything else), so the chunks rebuild the text.
+SPLIT_PATTERN = r" ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|_+|\s+(?!\S)|\s+"
+BYTE0 = len(SPECIALS)  # id of byte 0; the 256 byte ids are BYTE0..BYTE0+255, then one id per merge
+
+
+def merge_pair(ids, pair, new):
+    """ids with every non-overlapping occurrence of pair, left to right, replaced by new."""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(new)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE: text -> chunks (SPLIT_PATTERN) -> UTF-8 bytes -> merges applied in the order they
+    were learned. Any text encodes (no <unk>: an unseen character is just its bytes), and no text can
+    produce a special id, because merges only ever combine byte ids."""
+    kind = "bpe"
+
+    def __init__(self, merges, pattern=SPLIT_PATTERN):
+        self.merges = [tuple(int(a) for a in m) for m in merges]
+        self.pattern = pattern
+        self.split = re.compile(pattern)
+        self.rank = {}  # (a, b) -> the id of their merge; a lower id was learned earlier
+        self._bytes = [b""] * BYTE0 + [bytes([b]) for b in range(256)]
+        for a, b in self.merges:
+            if not (BYTE0 <= a < len(self._bytes) and BYTE0 <= b < len(self._bytes)):
+                raise ValueError(f"merge ({a}, {b}) refers to ids that do not exist yet")
+            self.rank[(a, b)] = len(self._bytes)
+            self._bytes.append(self._bytes[a] + self._bytes[b])
+        self.cache = {}  # chunk -> ids: real text repeats its words, so most chunks are looked up, not merged
+
+    def __len__(self):
+        return len(self._bytes)
+
+    def state(self):
+        return {"tokenizer": "bpe", "merges": [list(m) for m in self.merges], "pattern": self.pattern}
+
+    def token_bytes(self, i):
+        return self._bytes[i]
+
+    def encode_chunk(self, chunk):
+        ids = [BYTE0 + b for b in chunk.encode("utf-8")]
+        while len(ids) > 1:
+            # the earliest-learned merge among the adjacent pairs goes first, as in training
+            pair = min(zip(ids, ids[1:]), key=lambda p: self.rank.get(p, 1 << 62))
+            if pair not in self.rank:
+                break
+            ids = merge_pair(ids, pair, self.rank[pair])
+        return ids
+
+    def encode(self, text):
+        out = []
+        for chunk in self.split.findall(text):
+            ids = self.cache.get(chunk)
+            if ids is None:
+                if len(self.cache) > 500_000:  # bounded memory on huge corpora
+                    self.cache.clear()
+                ids = self.cache[chunk] = self.encode_chunk(chunk)
+            out.extend(ids)
+        return out
+
+    def encode_array(self, text):
+        import numpy as np
+        return np.array(self.encode(text), dtype=np.uint32)
+
+    @staticmethod
+    def count_chunks(text, counts, pattern=SPLIT_PATTERN):
+        """Add text's pre-split chunks to counts (a Counter): training only needs each distinct chunk once."""
+        counts.update(re.findall(pattern, text))
+
+    @classmethod
+    def train(cls, counts, vocab_size, log=None):
+        """Learn vocab_size - 5 - 256 merges from counts ({chunk: how often}). Each step merges the most
+        frequent adjacent pair (ties: the smallest ids, so training is deterministic), counted over
+        distinct chunks weighted by their counts. After a merge only the chunks that held the pair are
+        updated (an index pair -> chunks), and a heap with lazy deletion finds the next best pair, so a
+        merge costs what it changes, not a recount of the corpus. Pairs seen fewer than 2 times are
+        not merged. Returns (tokenizer, number of merges made), fewer than asked if the text ran out."""
+        n_merges = vocab_size - BYTE0 - 256
+        words = [[BYTE0 + b for b in chunk.encode("utf-8")] for chunk in counts]
+        freq = list(counts.values())
+        pairs, where = {}, {}  # pair -> weighted count; pair -> indices of the chunks that (may) hold it
+        for w, (ids, f) in enumerate(zip(words, freq)):
+            for p in zip(ids, ids[1:]):
+                pairs[p] = pairs.get(p, 0) + f
+                where.setdefault(p, set()).add(w)
+        heap = [(-c, p) for p, c in pairs.items()]
+        heapq.heapify(heap)
+        merges, t0 = [], time.time()
+        while len(merges) < n_merges and heap:
+            c, p = heapq.heappop(heap)
+            if pairs.get(p, 0) != -c:  # stale: this pair's count changed since the entry was pushed
+                continue
+            if -c < 2:
+                break
+            new = BYTE0 + 256 + len(merges)
+            merges.append(p)
+            changed = set()
+            for w in where.pop(p):
+                ids, f = words[w], freq[w]
+                for q in zip(ids, ids[1:]):  # take the chunk's pairs out, merge, put them back
+                    pairs[q] -= f
+                changed.update(zip(ids, ids[1:]))
+                ids = words[w] = merge_pair(ids, p, new)
+                for q in zip(ids, ids[1:]):
+                    pairs[q] = pairs.get(q, 0) + f
+                    where.setdefault(q, set()).add(w)
+                changed.update(zip(ids, ids[1:]))
+            for q in changed:  # new heap entries for every count that moved (the old ones are now stale)
+                heapq.heappush(heap, (-pairs[q], q))
+            if log and (len(merges) % 500 == 0 or len(merges) == n_merges):
+                dt = time.time() - t0
+                log(f"BPE merges {len(merges):,}/{n_merges:,}, {dt:.1f}s, "
+                    f"ETA {dt / len(merges) * (n_merges - len(merges)):.0f}s")
+        return cls(merges), len(merges)
+
+
+def load_tokenizer(d):
+    """The tokenizer saved in a meta.json or checkpoint dict (see state()): BPE or characters."""
+    if d.get("tokenizer", "char") == "bpe":
+        return BPETokenizer(d["merges"], d.get("pattern", SPLIT_PATTERN))
+    return CharTokenizer(d["vocab"])
 
 
 def instruction_example(tok, prompt, response, max_len):

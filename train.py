@@ -20,6 +20,7 @@ micro-batch see the very batches that 1 process x 2 micro-batches sees.
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -32,6 +33,7 @@ from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scale
                         scaled_step)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from model import GPT, GPTConfig, lr_schedule, param_groups
+from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
 # I/O
@@ -116,10 +118,11 @@ if not os.path.isfile(os.path.join(data_dir, "meta.json")):
 try:
     with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
-    vocab = meta["vocab"]
-    bin_dtype = np.dtype(meta.get("dtype", "uint16"))  # uint16 while the vocabulary fits
-    assert isinstance(vocab, list) and all(isinstance(v, str) for v in vocab) and len(vocab) > 5
-except (ValueError, KeyError, TypeError, AssertionError, OSError):
+    tok = load_tokenizer(meta)  # characters or BPE merges, as prepare.py wrote them
+    tok_state = tok.state()  # saved in every checkpoint, so sample/app need no data folder
+    bin_dtype = np.dtype(meta.get("dtype", "uint16"))  # uint16 while the vocabulary fits, else uint32
+    assert all(isinstance(v, str) for v in tok_state.get("vocab", [""])) and len(tok) > 5
+except (ValueError, KeyError, TypeError, AssertionError, OSError, re.error):
     fail(f"{data_dir}/meta.json is damaged or not prepare.py's (run prepare.py again)")
 
 
@@ -133,12 +136,15 @@ def open_split(split):
              f"of {bin_dtype.itemsize} bytes: the files do not belong together (run prepare.py again)")
     data = np.memmap(path, dtype=bin_dtype, mode="r")
     top = max((int(data[i:i + (1 << 24)].max()) for i in range(0, len(data), 1 << 24)), default=0)
-    if top >= len(vocab):
-        fail(f"{path} holds token id {top}, but the vocabulary has {len(vocab)} entries (run prepare.py again)")
+    if top >= len(tok):
+        fail(f"{path} holds token id {top}, but the vocabulary has {len(tok)} entries (run prepare.py again)")
     return data
 
 
 train_data, val_data = open_split("train"), open_split("val")
+# a loss in nats per token, as bits per byte of text (what compares across tokenizers): x tokens per
+# byte of the val split / ln 2. Approximate: the loss is a sample of windows, evaluate.py scores all
+bits_per_nat_token = meta["val_tokens"] / max(1, meta.get("val_bytes", meta["val_tokens"])) / math.log(2)
 
 
 def get_batch(data, gen):
@@ -151,7 +157,7 @@ def get_batch(data, gen):
 
 
 # model -----------------------------------------------------------------------
-model_args = dict(vocab_size=len(vocab), block_size=block_size, n_layer=n_layer, n_head=n_head,
+model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n_head=n_head,
                   n_embd=n_embd, dropout=dropout, bias=bias, use_sdpa=use_sdpa, pos=pos, norm=norm, mlp=mlp,
                   qk_norm=qk_norm, tie_weights=tie_weights)
 ckpt_path, last_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "last.pt")
@@ -165,9 +171,10 @@ elif init_from == "resume":
         resumed = load_checkpoint(last_path if os.path.exists(last_path) else ckpt_path, kinds=("pretrain",))
     except CheckpointError as e:
         fail(e)
-    if resumed["vocab"] != vocab:
-        fail(f"the checkpoint's vocabulary ({len(resumed['vocab'])} tokens) differs from {data_dir}'s "
-             f"({len(vocab)}); resume with the data it was trained on")
+    ck_tok = load_tokenizer(resumed)
+    if ck_tok.state() != tok_state:
+        fail(f"the checkpoint's tokenizer ({ck_tok.kind}, {len(ck_tok)} tokens) differs from {data_dir}'s "
+             f"({tok.kind}, {len(tok)}); resume with the data it was trained on")
     # the architecture comes from the checkpoint: a flag that contradicts it is an error, not silently
     # ignored. dropout and use_sdpa change no weight: those flags apply (and say so)
     for key, ck_value in resumed["model_args"].items():
@@ -298,7 +305,7 @@ def write_log(append=None):
 def save(path):
     try:
         save_checkpoint({
-            "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), "vocab": vocab,
+            "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), **tok_state,
             "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
             "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
         }, path)
@@ -328,7 +335,7 @@ while True:
                  f"saving. The last good checkpoint in {out_dir}/ is kept. Try a lower --learning_rate")
         train_part = f"train {losses['train']:.4f}, " if eval_train else ""
         print(f"eval {iter_num}: {train_part}val {losses['val']:.4f} nats/token "
-              f"({losses['val'] / math.log(2):.3f} bits/char)", flush=True)
+              f"(~{losses['val'] * bits_per_nat_token:.3f} bits/byte)", flush=True)
         history.append({"iter": iter_num, "train_loss": losses.get("train"), "val_loss": losses["val"],
                         "elapsed_s": round(time.time() - t_start, 2)})
         improved = losses["val"] < best_val_loss
@@ -380,7 +387,7 @@ while True:
         write_log(append=history[-1])
 
 if master:
-    print(f"done: best val loss {best_val_loss:.4f} nats/token ({best_val_loss / math.log(2):.3f} bits/char), "
+    print(f"done: best val loss {best_val_loss:.4f} nats/token (~{best_val_loss * bits_per_nat_token:.3f} bits/byte), "
           f"{time.time() - t_start:.1f}s -> {ckpt_path}")
 if ddp:
     # every rank must hold the same weights (all-reduced gradients, same updates): measure it
