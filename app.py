@@ -588,11 +588,13 @@ def sidebar():
         no_checkpoint_page(root, skipped, error=str(e))
     cfg, tok, meta = res.model.config, res.tok, res.meta
     sb.caption(f"{meta['n_params'] / 1e6:.2f} M parámetros · {cfg.n_layer} capas · {cfg.n_head} cabezas · "
-               f"{cfg.n_embd} dims · contexto {cfg.block_size} · {len(tok)} tokens · "
+               f"{cfg.n_embd} dims · contexto {cfg.block_size} · {len(tok)} tokens "
+               f"({'caracteres' if tok.kind == 'char' else 'BPE'}) · "
                f"iter {meta.get('iter_num', '?')} · {meta['device']}")
     settings = Settings(
         max_new=sb.slider("Máx. tokens nuevos", 8, 512, 128, step=8, key="max_new_tokens",
-                          help="Cada token es un carácter. La respuesta termina antes si el modelo escribe <eos>."),
+                          help="Un token es un carácter (o, con BPE, un trozo de palabra). La respuesta termina antes "
+                               "si el modelo escribe <eos>."),
         temperature=sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
                               help="0 = codicioso: siempre el carácter más probable (respuesta determinista)."),
         top_k=sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
