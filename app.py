@@ -489,7 +489,7 @@ def model_caches():
         device = pick_device(os.environ.get("LLMFS_DEVICE", "auto"))
         model, tok = model_from_checkpoint(ckpt, device)
         meta = {k: v for k, v in ckpt.items() if k != "model"}
-        meta.update(n_params=model.num_params(), device=device)
+        meta.update(n_params=model.num_params(), device=device, file_mb=os.path.getsize(path) / 1e6)
         return Loaded(os.path.basename(os.path.dirname(path)), path, mtime_ns, model, copy.deepcopy(model),
                       tok, meta, threading.Lock())
 
@@ -590,7 +590,8 @@ def sidebar():
     sb.caption(f"{meta['n_params'] / 1e6:.2f} M parámetros · {cfg.n_layer} capas · {cfg.n_head} cabezas · "
                f"{cfg.n_embd} dims · contexto {cfg.block_size} · {len(tok)} tokens "
                f"({'caracteres' if tok.kind == 'char' else 'BPE'}) · "
-               f"iter {meta.get('iter_num', '?')} · {meta['device']}")
+               f"iter {meta.get('iter_num', '?')} · {meta['device']}"
+               + (f" · cuantizado int{meta['quant']['bits']}, {meta['file_mb']:.2f} MB" if "quant" in meta else ""))
     settings = Settings(
         max_new=sb.slider("Máx. tokens nuevos", 8, 512, 128, step=8, key="max_new_tokens",
                           help="Un token es un carácter (o, con BPE, un trozo de palabra). La respuesta termina antes "

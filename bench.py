@@ -165,7 +165,7 @@ def bench_sample():
         fail(e)
     bs = model.config.block_size
     if prompt_len == 0 or prompt_len < -1:
-        fail(f"--prompt_len must be -1 (a full block) or a number of characters >= 1, got {prompt_len}")
+        fail(f"--prompt_len must be -1 (a full block) or a number of tokens >= 1, got {prompt_len}")
     # the prompt: "\n" alone, or (prompt_len=-1) a window full of real text, so that every step
     # works at the block size (the uncached path recomputes 128..256 tokens per step, not 1..256)
     n = bs if prompt_len == -1 else prompt_len
@@ -174,7 +174,7 @@ def bench_sample():
         fail(f"prompt file not found: {prompt_file}")
     ids = tok.encode(open(path, encoding="utf-8").read())[:n] if n > 1 else tok.encode("\n")
     if len(ids) < n:
-        fail(f"{prompt_file} holds fewer than {n} characters")
+        fail(f"{prompt_file} holds fewer than {n} tokens")
     idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
     times, outputs = {True: [], False: []}, {}
     for _ in range(runs):  # alternate on/off so that a slow spell of the machine hits both

@@ -93,8 +93,9 @@ def save_checkpoint(ckpt, path):
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
-def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
-    """Load a checkpoint file (or out_dir/ckpt.pt) safely: tensors and plain types only."""
+def load_checkpoint(path, kinds=("pretrain", "instr", "cls"), quantized=True):
+    """Load a checkpoint file (or out_dir/ckpt.pt) safely: tensors and plain types only. quantized=False
+    (the training scripts) refuses an int8/int4 checkpoint of quantize.py: those are for inference."""
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
@@ -117,7 +118,10 @@ def load_checkpoint(path, kinds=("pretrain", "instr", "cls")):
         n_vocab = len(load_tokenizer(ckpt))
     except (ValueError, TypeError, KeyError, re.error) as e:
         raise CheckpointError(f"{path}: its tokenizer is damaged ({type(e).__name__}: {e})")
-    wte = ckpt["model"].get("wte.weight")
+    if "quant" in ckpt and not quantized:
+        raise CheckpointError(f"{path} is quantized (int{ckpt['quant']['bits']}): it is for inference only; "
+                              f"train from the float checkpoint it came from ({ckpt['quant'].get('source', '?')})")
+    wte = ckpt["model"].get("wte.weight", ckpt["model"].get("wte.weight_q"))  # float, or quantize.py's integers
     if wte is None or wte.size(0) != ckpt["model_args"].get("vocab_size") or wte.size(0) != n_vocab:
         raise CheckpointError(f"{path}: vocabulary size does not match the embedding table")
     return ckpt
@@ -128,6 +132,9 @@ def model_from_checkpoint(ckpt, device="cpu", **overrides):
     do not touch the weights (dropout for a finetune)."""
     try:
         model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
+        if "quant" in ckpt:  # int8/int4: the same GPT with quantized layers (quantize.py), then its weights
+            from quantize import quantize_model
+            quantize_model(model, ckpt["quant"]["bits"], ckpt["quant"].get("group_size") or 32)
         # classification checkpoints also hold a head; keep only the GPT's own weights here
         model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("head.")})
         tok = load_tokenizer(ckpt)

@@ -396,7 +396,8 @@ if __name__ == "__main__":
     else:
         # training: backbone, out_dir check, data
         try:
-            base = load_checkpoint(arch_from if init_from == "scratch" else init_from, kinds=("pretrain", "instr"))
+            base = load_checkpoint(arch_from if init_from == "scratch" else init_from, kinds=("pretrain", "instr"),
+                                   quantized=False)
         except CheckpointError as e:
             fail(e)
         model_args = base["model_args"]

@@ -114,7 +114,7 @@ if init_from == "scratch":
     pretrain_history = []
 else:
     try:
-        base = load_checkpoint(init_from, kinds=("pretrain", "instr"))
+        base = load_checkpoint(init_from, kinds=("pretrain", "instr"), quantized=False)
         model, tok = model_from_checkpoint(base, "cpu", dropout=dropout)
     except CheckpointError as e:
         fail(e)

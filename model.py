@@ -162,7 +162,9 @@ class GPT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def num_params(self):  # position embeddings count; a tied lm_head is the same tensor as wte
-        return sum(p.numel() for p in self.parameters())
+        n = sum(p.numel() for p in self.parameters())
+        # quantized layers (quantize.py) hold their weights as integer buffers: count those values too
+        return n + sum(m.weight_q.numel() * (2 if m.bits == 4 else 1) for m in self.modules() if hasattr(m, "weight_q"))
 
     def hidden_states(self, idx, caches=None, pos0=0):
         """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). Used by classification."""

@@ -168,7 +168,7 @@ if init_from == "scratch":
              f"--overwrite=True to replace it, or another --out_dir")
 elif init_from == "resume":
     try:
-        resumed = load_checkpoint(last_path if os.path.exists(last_path) else ckpt_path, kinds=("pretrain",))
+        resumed = load_checkpoint(last_path if os.path.exists(last_path) else ckpt_path, kinds=("pretrain",), quantized=False)
     except CheckpointError as e:
         fail(e)
     ck_tok = load_tokenizer(resumed)

@@ -1,0 +1,136 @@
+"""quantize.py: int8 per output channel and int4 per group, the error bound, int4 packing, quantized
+checkpoints loaded by every script (greedy answers unchanged for int8), and the bad inputs."""
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error, digest, run, run_many
+from quantize import dequantize, pack_int4, quantize, unpack_int4
+
+
+@pytest.mark.parametrize("bits, group", [(8, None), (4, 32), (4, 8)])
+def test_dequantize_error_is_at_most_half_a_step(bits, group):
+    torch.manual_seed(0)
+    w = torch.randn(24, 64) * torch.logspace(-3, 1, 24)[:, None]  # rows of very different sizes
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    q, scale = quantize(w, bits, group or 32)
+    assert scale.dtype == torch.float16
+    if bits == 8:
+        assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (24, 1) and q.abs().max() <= 127
+    else:
+        assert q.dtype == torch.uint8 and q.shape == (24, 32) and scale.shape == (24, 64 // group)
+    step = scale.float().repeat_interleave(64 // scale.size(1), dim=1)  # each element's own scale
+    err = (dequantize(q, scale, bits) - w).abs()
+    assert (err <= step / 2 * (1 + 1e-3)).all()
+    assert (dequantize(q, scale, bits)[3] == 0).all()
+    # the largest weight of each group is represented (up to rounding), not clipped
+    assert err.max() <= step.max() / 2 * (1 + 1e-3)
+
+
+def test_int4_pack_unpack_round_trip():
+    q = torch.randint(-8, 8, (5, 64), dtype=torch.int8)
+    p = pack_int4(q)
+    assert p.dtype == torch.uint8 and p.shape == (5, 32)
+    assert torch.equal(unpack_int4(p), q)
+    assert pack_int4(torch.tensor([[-8, 7]], dtype=torch.int8)).item() == 0x0 | (0xF << 4)  # low nibble first
+
+
+PRESETS = {"¿A qué familia pertenece el perro?": "Los perros son caninos.",
+           "¿Qué tipo de animal es el gato?": "Los gatos son felinos.",
+           "¿Cuál es la capital de Costa Rica?": "La capital de Costa Rica es San José.",
+           "¿Cuál es la capital de Panamá?": "No lo sé."}
+
+
+def trained_instr(path):
+    """A small instruction checkpoint that has learned the answers to the app's preset questions (an
+    under-trained model has near-ties between tokens, which any rounding flips; a trained one does not)."""
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig, pad_batch
+    from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    cfg = GPTConfig(vocab_size=len(tok), block_size=96, n_layer=2, n_head=2, n_embd=64)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    pairs = [instruction_example(tok, q, a, 97)[:2] for q, a in PRESETS.items()]
+    x, y = pad_batch([p[0] for p in pairs], tok.pad_id), pad_batch([p[1] for p in pairs], -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    os.makedirs(path)
+    save_checkpoint({"kind": "instr", "model_args": cfg.__dict__, "model": model.state_dict(), **tok.state()},
+                    os.path.join(path, "ckpt.pt"))
+    return str(path)
+
+
+def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(tmp_path):
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from model import answer_ids
+    src = trained_instr(tmp_path / "out-instr")
+    p8, p4 = run_many([("quantize.py", f"--out_dir={src}", "--bits=8", f"--dst={tmp_path / 'q8'}"),
+                       ("quantize.py", f"--out_dir={src}", "--bits=4", "--group_size=16", f"--dst={tmp_path / 'q4'}")])
+    assert p8.returncode == 0 and p4.returncode == 0, p8.stderr + p4.stderr
+    assert "int8, per output channel" in p8.stdout and "groups of 16" in p4.stdout
+    raw = torch.load(tmp_path / "q8" / "ckpt.pt", weights_only=True)  # plain tensors and types only
+    assert raw["quant"]["bits"] == 8 and raw["model"]["h.0.attn.c_attn.weight_q"].dtype == torch.int8
+    assert "wte.weight" not in raw["model"] and "lm_head.weight" not in raw["model"]  # tied: stored once
+    assert torch.load(tmp_path / "q4" / "ckpt.pt", weights_only=True)["quant"] == {
+        "bits": 4, "group_size": 16, "source": src}
+    fp, tok = model_from_checkpoint(load_checkpoint(src))
+    q8, _ = model_from_checkpoint(load_checkpoint(str(tmp_path / "q8")))
+    q4, _ = model_from_checkpoint(load_checkpoint(str(tmp_path / "q4")))
+    assert q8.num_params() == fp.num_params() == q4.num_params()
+    for q, a in PRESETS.items():
+        answer = list(answer_ids(fp, tok, q, 60))
+        assert tok.decode(answer) == a  # the float model knows its answers
+        assert list(answer_ids(q8, tok, q, 60)) == answer, q  # and int8 gives the very same tokens
+    x = torch.tensor([tok.encode("¿Los perros son caninos?")])
+    with torch.no_grad():
+        ref = fp(x)[0]
+        assert (q8(x)[0] - ref).abs().max() < 0.05 * ref.abs().max()
+        assert (q4(x)[0] - ref).abs().max() < 0.25 * ref.abs().max()
+    # the CLI of an inference script, and the refusal of a training script
+    sample, finetune = run_many([
+        ("sample.py", f"--out_dir={tmp_path / 'q4'}", "--prompt=¿Los gatos son felinos?", "--max_new_tokens=20", "--device=cpu"),
+        ("finetune_instr.py", f"--init_from={tmp_path / 'q8'}", f"--out_dir={tmp_path / 'ft'}", "--max_iters=2",
+         "--device=cpu")])
+    assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr
+    assert "is quantized (int8): it is for inference only" in assert_one_line_error(finetune)
+    assert not os.path.exists(tmp_path / "ft")
+
+
+
+def test_app_answers_with_a_quantized_checkpoint_and_says_so(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    src = trained_instr(tmp_path / "out-instr")
+    assert run("quantize.py", f"--out_dir={src}", "--bits=8").returncode == 0  # -> out-instr-int8/
+    monkeypatch.setenv("LLMFS_OUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("LLMFS_DEVICE", "cpu")
+    at = AppTest.from_file(os.path.join(ROOT, "app.py"), default_timeout=60).run()
+    at.selectbox(key="ckpt").set_value("out-instr-int8").run()
+    at.toggle(key="faq").set_value(False).run()
+    at.chat_input[0].set_value("¿Cuál es la capital de Costa Rica?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    size = os.path.getsize(tmp_path / "out-instr-int8" / "ckpt.pt") / 1e6
+    assert any(f"cuantizado int8, {size:.2f} MB" in c.value for c in at.sidebar.caption)
+    assert at.session_state["messages"][-1]["content"] == PRESETS["¿Cuál es la capital de Costa Rica?"]
+
+
+def test_quantize_bad_inputs_are_one_line_and_write_nothing(out_root, tmp_path):
+    run("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=8", f"--dst={tmp_path / 'q8'}")
+    before = digest(tmp_path)
+    bits, again, group, missing = run_many([
+        ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=3", f"--dst={tmp_path / 'x'}"),
+        ("quantize.py", f"--out_dir={tmp_path / 'q8'}", "--bits=4", f"--dst={tmp_path / 'y'}"),
+        ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=4", "--group_size=12",
+         f"--dst={tmp_path / 'z'}"),
+        ("quantize.py", f"--out_dir={tmp_path / 'nothing'}", "--bits=8"),
+    ])
+    assert "--bits=3 is not supported" in assert_one_line_error(bits)
+    assert "already quantized" in assert_one_line_error(again)
+    assert "--group_size=12" in assert_one_line_error(group)
+    assert "no checkpoint" in assert_one_line_error(missing)
+    assert digest(tmp_path) == before
