@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: demo test app clean venv backbone
+.PHONY: demo test app serve clean venv backbone
 
 .venv/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv .venv
@@ -34,6 +34,10 @@ test: .venv/.installed
 
 app: .venv/.installed
 	.venv/bin/streamlit run app.py --server.address=127.0.0.1
+
+# the OpenAI-compatible API on http://127.0.0.1:8000/v1 (serve.py)
+serve: .venv/.installed
+	$(PY) serve.py --out_dir=out-instr
 
 clean:
 	rm -rf out out-* data/es/*.bin data/es/meta.json data/shakespeare_char data/bench_prepare bench-prepare .pytest_cache test-artifacts

@@ -7,6 +7,7 @@ Benchmarks: training throughput, a race between two recipes, and sampling speed.
     python bench.py --mode=sample --out_dir=out                        # KV cache on vs off
     python bench.py --mode=prepare --prepare_mb=2000                   # prepare.py on a generated 2 GB folder
     python bench.py --mode=curve --backbone=out                        # what pretraining buys: a learning curve
+    python bench.py --mode=serve --clients=16 --requests=4             # against a running serve.py
 
 race runs the two configs one after the other (never at the same time: two PyTorch processes
 on the same cores slow each other down badly), on the same prepared data, each until the
@@ -29,7 +30,7 @@ from configurator import configure, fail, read_config_file
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-mode = "train"  # train | race | sample | prepare | curve
+mode = "train"  # train | race | sample | prepare | curve | serve
 # train: the model and batch shape come from a train.py config file
 config = "config/pretrain_char.py"
 iters = 20
@@ -44,7 +45,7 @@ race_dir = "out-race"
 # sample
 out_dir = "out"
 max_new_tokens = 500
-prompt_len = -1  # -1: a prompt that fills the block (sampling at the block size); 1: start from "\n"; N: N characters
+prompt_len = -1  # -1: a prompt that fills the block (sampling at the block size); 1: start from "\n"; N: N tokens
 prompt_file = "data/es/corpus/a_perros.txt"  # where a longer prompt comes from
 runs = 5
 # prepare: a generated folder (.txt in UTF-8 and Latin-1, .jsonl.gz, .parquet) made of the shipped text
@@ -56,6 +57,13 @@ cls_config = "config/finetune_cls.py"
 curve_labels = "40,120,0"  # training labels per point (balanced); 0 = all
 seeds = 3
 curve_svg = ""  # also draw the curve into this SVG file (the README's picture)
+# serve: N concurrent streaming clients x M requests each against a running serve.py
+serve_url = "http://127.0.0.1:8000"
+serve_model = "out-instr"
+clients = 16
+requests = 4
+api_key = ""
+serve_prompt = "¿Cuál es la capital de Costa Rica?"
 device = "cpu"
 seed = 1337
 # -----------------------------------------------------------------------------
@@ -330,8 +338,66 @@ def bench_curve():
         print(f"plot written to {curve_svg}")
 
 
+def stream_once(url, body, key):
+    """One streaming chat request, read as server-sent events: (seconds to the first content,
+    seconds in all, completion tokens from the usage chunk)."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=300)
+    t0 = time.perf_counter()
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+    r = conn.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read().decode()[:200]}")
+    first, tokens = None, 0
+    for line in r:
+        line = line.decode().strip()
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            continue
+        event = json.loads(line[6:])
+        if first is None and any(c["delta"].get("content") for c in event["choices"]):
+            first = time.perf_counter() - t0
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
+    conn.close()
+    total = time.perf_counter() - t0
+    return first if first is not None else total, total, tokens
+
+
+def bench_serve():
+    """clients threads, each sending `requests` streaming requests one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+    body = {"model": serve_model, "messages": [{"role": "user", "content": serve_prompt}], "stream": True,
+            "max_tokens": max_new_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
+
+    def client(_):
+        return [stream_once(serve_url, body, api_key) for _ in range(requests)]
+
+    t0 = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            results = [r for rs in pool.map(client, range(clients)) for r in rs]
+    except (OSError, RuntimeError) as e:
+        fail(f"serve benchmark against {serve_url} failed: {e} (is `python serve.py` running?)")
+    wall = time.perf_counter() - t0
+    ttft, total = sorted(r[0] for r in results), sorted(r[1] for r in results)
+
+    def pct(xs, p):
+        return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+    n_tok = sum(r[2] for r in results)
+    print(f"{serve_url} model {serve_model}: {clients} clients x {requests} = {len(results)} requests, "
+          f"streaming, greedy, max_tokens {max_new_tokens}")
+    print(f"time to first token  p50 {pct(ttft, 50) * 1000:7.0f} ms   p95 {pct(ttft, 95) * 1000:7.0f} ms")
+    print(f"total per request    p50 {pct(total, 50) * 1000:7.0f} ms   p95 {pct(total, 95) * 1000:7.0f} ms")
+    print(f"aggregate {n_tok / wall:,.0f} tokens/s ({n_tok:,} tokens in {wall:.1f} s)")
+
+
 torch.set_grad_enabled(mode == "train")
-if mode == "curve":
+if mode == "serve":
+    bench_serve()
+elif mode == "curve":
     bench_curve()
 elif mode == "prepare":
     bench_prepare()
@@ -343,4 +409,4 @@ elif mode == "sample":
     with torch.no_grad():
         bench_sample()
 else:
-    fail(f"mode must be train, race, sample, prepare or curve, got '{mode}'")
+    fail(f"mode must be train, race, sample, prepare, curve or serve, got '{mode}'")

@@ -195,7 +195,7 @@ class GPT(nn.Module):
 
     @torch.inference_mode()  # like no_grad, and also skips autograd's bookkeeping on views: ~10% faster here
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None,
-                        use_cache=True, generator=None):
+                        use_cache=True, generator=None, top_p=None):
         """Yield new token ids, each a (B,) tensor, one at a time.
 
         The context is a window idx[:, start:] of at most block_size tokens. When it is full it
@@ -224,6 +224,11 @@ class GPT(nn.Module):
                 if top_k is not None and top_k > 0:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = float("-inf")  # keep only the k most likely
+                if top_p is not None and top_p < 1.0:  # nucleus: the fewest tokens whose mass reaches top_p
+                    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+                    p_sorted = F.softmax(sorted_logits, dim=-1)
+                    drop = p_sorted.cumsum(-1) - p_sorted >= top_p  # the mass before a token already suffices
+                    logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
                 probs = F.softmax(logits, dim=-1)
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
             idx = torch.cat([idx, next_id[:, None]], dim=1)

@@ -230,3 +230,45 @@ def out_root(tmp_path_factory):
     """A folder like the repository root for the app: out-instr (trained a little), out-instr-b
     (untrained) and out-pre (a pretrain checkpoint the app must not list). Built once per test run."""
     return build_tiny_checkpoints(str(tmp_path_factory.mktemp("ckpts")))
+
+
+# -------------------------------------------------------------------- a model that knows its answers
+PRESETS = {"¿A qué familia pertenece el perro?": "Los perros son caninos.",
+           "¿Qué tipo de animal es el gato?": "Los gatos son felinos.",
+           "¿Cuál es la capital de Costa Rica?": "La capital de Costa Rica es San José.",
+           "¿Cuál es la capital de Panamá?": "No lo sé."}
+
+
+def trained_instr(path):
+    """A small instruction checkpoint that has learned the answers to the app's preset questions (an
+    under-trained model has near-ties between tokens, which any rounding flips; a trained one does not)."""
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig, pad_batch
+    from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    cfg = GPTConfig(vocab_size=len(tok), block_size=96, n_layer=2, n_head=2, n_embd=64)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    pairs = [instruction_example(tok, q, a, 97)[:2] for q, a in PRESETS.items()]
+    x, y = pad_batch([p[0] for p in pairs], tok.pad_id), pad_batch([p[1] for p in pairs], -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    os.makedirs(path)
+    save_checkpoint({"kind": "instr", "model_args": cfg.__dict__, "model": model.state_dict(), **tok.state()},
+                    os.path.join(path, "ckpt.pt"))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained_root(tmp_path_factory):
+    """A folder with out-instr (trained_instr) and out-pre (the same weights as a pretrain checkpoint)."""
+    root = tmp_path_factory.mktemp("trained")
+    trained_instr(root / "out-instr")
+    ck = torch.load(root / "out-instr" / "ckpt.pt", weights_only=True)
+    os.makedirs(root / "out-pre")
+    save_checkpoint({**ck, "kind": "pretrain"}, str(root / "out-pre" / "ckpt.pt"))
+    return root

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, digest, run, run_many
+from conftest import PRESETS, ROOT, assert_one_line_error, digest, run, run_many, trained_instr
 from quantize import dequantize, pack_int4, quantize, unpack_int4
 
 
@@ -34,36 +34,6 @@ def test_int4_pack_unpack_round_trip():
     assert p.dtype == torch.uint8 and p.shape == (5, 32)
     assert torch.equal(unpack_int4(p), q)
     assert pack_int4(torch.tensor([[-8, 7]], dtype=torch.int8)).item() == 0x0 | (0xF << 4)  # low nibble first
-
-
-PRESETS = {"¿A qué familia pertenece el perro?": "Los perros son caninos.",
-           "¿Qué tipo de animal es el gato?": "Los gatos son felinos.",
-           "¿Cuál es la capital de Costa Rica?": "La capital de Costa Rica es San José.",
-           "¿Cuál es la capital de Panamá?": "No lo sé."}
-
-
-def trained_instr(path):
-    """A small instruction checkpoint that has learned the answers to the app's preset questions (an
-    under-trained model has near-ties between tokens, which any rounding flips; a trained one does not)."""
-    from checkpoint import save_checkpoint
-    from model import GPT, GPTConfig, pad_batch
-    from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
-    tok = CharTokenizer.from_texts([BASE_CHARS])
-    cfg = GPTConfig(vocab_size=len(tok), block_size=96, n_layer=2, n_head=2, n_embd=64)
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    pairs = [instruction_example(tok, q, a, 97)[:2] for q, a in PRESETS.items()]
-    x, y = pad_batch([p[0] for p in pairs], tok.pad_id), pad_batch([p[1] for p in pairs], -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(250):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    os.makedirs(path)
-    save_checkpoint({"kind": "instr", "model_args": cfg.__dict__, "model": model.state_dict(), **tok.state()},
-                    os.path.join(path, "ckpt.pt"))
-    return str(path)
 
 
 def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(tmp_path):

@@ -1,0 +1,405 @@
+"""
+An OpenAI-compatible HTTP server for the checkpoints this kit trains (FastAPI + uvicorn), so the
+`openai` client, curl scripts and chat UIs can talk to a model you trained from scratch.
+
+    python serve.py --out_dir=out-instr                     # http://127.0.0.1:8000/v1
+    python serve.py --out_dir=out-instr,out --port=8001     # several models, chosen by "model"
+    python serve.py --out_dir=out-instr --api_key=secret    # or LLMFS_API_KEY=secret: Bearer auth on /v1
+    curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+         -d '{"model": "out-instr", "messages": [{"role": "user", "content": "¿Los perros son caninos?"}]}'
+
+Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (instruction checkpoints),
+POST /v1/completions (raw continuation; any checkpoint). A model's id is its out_dir as given.
+
+Chat: until the kit has a multi-turn template, the model answers the last user message (system and
+earlier turns are accepted and checked, not yet used). Extra fields: "top_k", and "faq": true to
+answer the three known facts from the app's FAQ table (app.match_faq, imported).
+
+Concurrency: generation runs on `workers` threads, off the event loop. Requests beyond
+workers + queue_size in flight are refused at once with 429 and Retry-After. A streaming client that
+disconnects stops its generation at the next token.
+"""
+import asyncio
+import hmac
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from configurator import configure, fail
+
+# -----------------------------------------------------------------------------
+out_dir = "out-instr"  # one or more out dirs, comma-separated
+host = "127.0.0.1"  # localhost only; 0.0.0.0 (every interface) only where a container needs it
+port = 8000
+api_key = ""  # '' = the LLMFS_API_KEY environment variable, if set; then every /v1 call needs it
+device = "cpu"  # auto | cpu | cuda | mps
+workers = 2  # generations at once (threads); each gets cores / workers torch threads
+queue_size = 8  # requests that may wait for a worker; beyond that: 429
+max_tokens_limit = 1024  # the most tokens one request may ask for
+max_prompt_chars = 4000
+# -----------------------------------------------------------------------------
+ROLES = ("system", "user", "assistant")
+
+
+class APIError(Exception):
+    """An error for the client, sent in OpenAI's shape: {"error": {"message", "type", "code", "param"}}."""
+
+    def __init__(self, status, message, code=None, type="invalid_request_error", param=None, headers=None):
+        super().__init__(message)
+        self.status, self.code, self.type, self.param, self.headers = status, code, type, param, headers or {}
+
+    def body(self):
+        return {"error": {"message": str(self), "type": self.type, "code": self.code, "param": self.param}}
+
+
+class Server:
+    """The loaded models, the worker threads and the in-flight count (the bounded queue)."""
+
+    def __init__(self, out_dirs, device, workers, queue_size):
+        import torch
+
+        from checkpoint import load_checkpoint, model_from_checkpoint, pick_device
+        self.device = pick_device(device)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # workers x threads = cores
+        self.models = {}
+        for d in out_dirs:
+            ckpt = load_checkpoint(d, kinds=("pretrain", "instr"))
+            model, tok = model_from_checkpoint(ckpt, self.device)
+            self.models[d] = {"model": model, "tok": tok, "kind": ckpt["kind"], "created": int(os.path.getmtime(
+                os.path.join(d, "ckpt.pt"))), "params": model.num_params(), "quant": ckpt.get("quant")}
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
+        self.capacity = workers + queue_size
+        self.lock = threading.Lock()
+        self.in_flight = self.served = self.cancelled = 0
+
+    def admit(self):
+        with self.lock:
+            if self.in_flight >= self.capacity:
+                raise APIError(429, f"the server is busy ({self.in_flight} requests in flight); retry shortly",
+                               code="rate_limit_exceeded", type="rate_limit_error", headers={"Retry-After": "1"})
+            self.in_flight += 1
+
+    def release(self, cancelled=False):
+        with self.lock:
+            self.in_flight -= 1
+            self.served += 1
+            self.cancelled += cancelled
+
+
+# --------------------------------------------------------------------------- request checking
+def field(body, name, kind, default, check=None, why=""):
+    """body[name] of type kind (default if absent or null), or a 400 naming the field."""
+    value = body.get(name)
+    if value is None:
+        return default
+    ok_type = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
+    if not ok_type or (check and not check(value)):
+        raise APIError(400, f"'{name}' must be {why}, got {json.dumps(value)[:60]}", code="invalid_value", param=name)
+    return value
+
+
+def sampling(body):
+    """The generation settings of a request, checked."""
+    max_tokens = field(body, "max_completion_tokens", int, None, lambda v: v >= 1, "an integer >= 1")
+    max_tokens = field(body, "max_tokens", int, max_tokens or 128, lambda v: v >= 1, "an integer >= 1")
+    if max_tokens > max_tokens_limit:
+        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {max_tokens_limit}",
+                       code="max_tokens_over_limit", param="max_tokens")
+    stop = field(body, "stop", (str, list), [], lambda v: isinstance(v, str) or (
+        len(v) <= 4 and all(isinstance(s, str) and s for s in v)), "a string or a list of at most 4 strings")
+    if field(body, "n", int, 1) != 1:
+        raise APIError(400, "only n=1 is supported", code="invalid_value", param="n")
+    return {
+        "max_tokens": max_tokens,
+        "temperature": float(field(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "between 0 and 2")),
+        "top_p": float(field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "in (0, 1]")),
+        "top_k": field(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0 (0 = all tokens)"),
+        "seed": field(body, "seed", int, None),
+        "stop": [stop] if isinstance(stop, str) else stop,
+        "stream": field(body, "stream", bool, False),
+        "include_usage": bool(field(body, "stream_options", dict, {}).get("include_usage")),
+    }
+
+
+def checked_prompt(text, entry, instr):
+    """Prompt text -> token ids the model reads (the instruction format for chat), or a 400 if too long."""
+    from tokenizer import clean_text
+    text = clean_text(text)
+    if instr:
+        text = text.strip()
+    if not text:
+        raise APIError(400, "the prompt is empty", code="empty_prompt", param="messages" if instr else "prompt")
+    if len(text) > max_prompt_chars:
+        raise APIError(400, f"the prompt has {len(text)} characters; the limit is {max_prompt_chars}",
+                       code="prompt_too_long")
+    tok, bs = entry["tok"], entry["model"].config.block_size
+    ids = tok.encode_instruction(text)[0] if instr else tok.encode(text)
+    if len(ids) >= bs:
+        raise APIError(400, f"the prompt is {len(ids)} tokens; this model reads at most {bs - 1} before answering",
+                       code="prompt_too_long")
+    return text, ids
+
+
+def chat_prompt(body):
+    """The text to answer from a chat request's messages (the last user message, for now)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", code="empty_messages", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise APIError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", code="invalid_role",
+                           param=f"messages[{i}].role")
+        content = m.get("content")
+        if isinstance(content, list):  # the content-parts form: text parts only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise APIError(400, f"messages[{i}].content: only text parts are supported", code="invalid_content")
+            m["content"] = "".join(p["text"] for p in content)
+        elif not isinstance(content, str):
+            raise APIError(400, f"messages[{i}].content must be a string", code="invalid_content")
+    if messages[-1]["role"] != "user":
+        raise APIError(400, "the last message must be the user's", code="invalid_role", param="messages")
+    return messages[-1]["content"]
+
+
+# --------------------------------------------------------------------------- generation (worker threads)
+def generate(entry, ids, s, instr, cancel, emit):
+    """Generate on a worker thread. emit(text) gets each piece of new text (never half a character, and
+    never part of a stop sequence); returns (finish_reason, completion tokens)."""
+    import torch
+
+    from tokenizer import StreamDecoder
+    model, tok = entry["model"], entry["tok"]
+    gen = torch.Generator(device=model.wte.weight.device)
+    gen.manual_seed(s["seed"] if s["seed"] is not None else int.from_bytes(os.urandom(4), "little"))
+    idx = torch.tensor([ids], dtype=torch.long, device=gen.device)  # (1, T)
+    dec, text, sent, n, stops = StreamDecoder(tok), "", 0, 0, s["stop"]
+    for t in model.generate_stream(idx, s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"] or None,
+                                   top_p=s["top_p"], stop_token=tok.eos_id if instr else None, generator=gen):
+        if cancel.is_set():  # the client went away
+            return "cancelled", n
+        n += 1
+        if instr and t.item() == tok.eos_id:
+            break
+        text += dec.add(t.item())
+        hits = [i for i in (text.find(x) for x in stops) if i >= 0]
+        if hits:  # a stop sequence: the text ends before it
+            emit(text[sent:min(hits)])
+            return "stop", n
+        # hold back an ending that may be the start of a stop sequence
+        held = max([k for x in stops for k in range(1, len(x)) if text.endswith(x[:k])], default=0)
+        if len(text) - held > sent:
+            emit(text[sent:len(text) - held])
+            sent = len(text) - held
+    else:
+        text += dec.flush()
+        emit(text[sent:])
+        return "length", n
+    emit(text[sent:] + dec.flush())
+    return "stop", n
+
+
+# --------------------------------------------------------------------------- the HTTP app
+def create_app(server, key=""):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = FastAPI(title="LLM From Scratch", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, e):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def any_error(request, e):  # never a traceback in a response
+        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
+                            status_code=500)
+
+    @app.middleware("http")
+    async def auth(request, call_next):
+        if key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                e = APIError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
+                return JSONResponse(e.body(), status_code=401)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(server.models), "in_flight": server.in_flight,
+                "served": server.served, "cancelled": server.cancelled}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": e["created"], "owned_by": "llm-from-scratch",
+             "kind": e["kind"], "parameters": e["params"], "block_size": e["model"].config.block_size,
+             "vocab_size": len(e["tok"]), "tokenizer": e["tok"].kind, "quantized": e["quant"] is not None}
+            for name, e in server.models.items()]}
+
+    async def read_body(request):
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "the request body is not valid JSON", code="invalid_json")
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object", code="invalid_json")
+        name = body.get("model")
+        if name not in server.models:
+            raise APIError(404, f"model '{name}' is not served here (available: {', '.join(server.models)})",
+                           code="model_not_found", param="model")
+        return body, name, server.models[name]
+
+    async def respond(body, name, entry, ids, s, instr, faq_text=None):
+        """Run one generation (or the FAQ answer) and answer in the chat or completions format."""
+        obj = "chat.completion" if instr else "text_completion"
+        rid, created = f"{'chatcmpl' if instr else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+
+        def choice(text=None, finish=None, first=False):
+            if not instr:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+        def usage(n):
+            return {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
+
+        loop, cancel, queue = asyncio.get_running_loop(), threading.Event(), asyncio.Queue()
+        server.admit()
+        released = []
+
+        def done(cancelled=False):
+            if not released:
+                released.append(True)
+                server.release(cancelled)
+
+        def work():
+            try:
+                if faq_text is not None:
+                    queue_put(faq_text)
+                    return "stop", len(entry["tok"].encode(faq_text)) + 1
+                return generate(entry, ids, s, instr, cancel, queue_put)
+            finally:
+                done(cancel.is_set())
+
+        def queue_put(text):
+            if text:
+                loop.call_soon_threadsafe(queue.put_nowait, text)
+
+        future = loop.run_in_executor(server.pool, work)
+        if not s["stream"]:
+            try:
+                finish, n = await future
+            except BaseException:
+                cancel.set()
+                raise
+            parts = []
+            while not queue.empty():
+                parts.append(queue.get_nowait())
+            text = "".join(parts)
+            c = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                  "finish_reason": finish} if instr else choice(text, finish))
+            return JSONResponse({"id": rid, "object": obj, "created": created, "model": name, "choices": [c],
+                                 "usage": usage(n)})
+
+        def chunk(c, extra=None):
+            payload = {"id": rid, "object": obj + ("" if not instr else ".chunk"), "created": created,
+                       "model": name, "choices": [c] if c else [], **(extra or {})}
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        async def events():
+            try:
+                if instr:
+                    yield chunk(choice(first=True))
+                getter = None
+                while True:
+                    getter = asyncio.ensure_future(queue.get())
+                    finished, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in finished:
+                        yield chunk(choice(getter.result()))
+                        continue
+                    getter.cancel()
+                    while not queue.empty():
+                        yield chunk(choice(queue.get_nowait()))
+                    break
+                try:
+                    finish, n = future.result()
+                except Exception as e:  # the stream has begun: the error goes in an event of its own
+                    yield f"data: {json.dumps(APIError(500, f'generation failed: {type(e).__name__}', type='server_error').body())}\n\n"
+                    return
+                yield chunk(choice(None, finish))
+                if s["include_usage"]:
+                    yield chunk(None, {"usage": usage(n)})
+                yield "data: [DONE]\n\n"
+            finally:  # normal end, or the client disconnected (the response task is cancelled)
+                if not future.done():
+                    cancel.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body, name, entry = await read_body(request)
+        if entry["kind"] != "instr":
+            raise APIError(400, f"'{name}' is a pretrained model, which continues text: use /v1/completions "
+                                f"(chat needs an instruction checkpoint from finetune_instr.py)",
+                           code="model_not_chat", param="model")
+        question = chat_prompt(body)
+        s = sampling(body)
+        text, ids = checked_prompt(question, entry, instr=True)
+        faq_text = None
+        if field(body, "faq", bool, False):
+            from app import FAQ, match_faq
+            key_ = match_faq(text)
+            faq_text = FAQ[key_] if key_ else None
+        return await respond(body, name, entry, ids, s, True, faq_text)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body, name, entry = await read_body(request)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "'prompt' must be a string", code="invalid_value", param="prompt")
+        s = sampling(body)
+        _, ids = checked_prompt(prompt, entry, instr=False)
+        return await respond(body, name, entry, ids, s, False)
+
+    return app
+
+
+if __name__ == "__main__":
+    configure(globals())
+    key = api_key or os.environ.get("LLMFS_API_KEY", "")
+    dirs = [d.strip() for d in out_dir.split(",") if d.strip()]
+    if not dirs or workers < 1 or queue_size < 0 or max_tokens_limit < 1:
+        fail("need --out_dir, --workers >= 1, --queue_size >= 0 and --max_tokens_limit >= 1")
+    try:
+        import uvicorn
+
+        from checkpoint import CheckpointError
+    except ImportError as e:
+        fail(f"{e.name} is not installed: pip install -r requirements.txt")
+    with socket.socket() as probe:  # a port in use is one clear line, before the models load
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
+    try:
+        server = Server(dirs, device, workers, queue_size)
+    except (CheckpointError, ValueError) as e:
+        fail(e)
+    names = ", ".join(f"{d} ({e['kind']})" for d, e in server.models.items())
+    print(f"serving {names} on http://{host}:{port}/v1"
+          + (" (API key required)" if key else ""), flush=True)
+    try:
+        uvicorn.run(create_app(server, key), host=host, port=port, log_level="warning")
+    except (OSError, SystemExit) as e:
+        fail(f"cannot serve on {host}:{port}: {e}")

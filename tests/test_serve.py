@@ -1,0 +1,190 @@
+"""serve.py: a real uvicorn on 127.0.0.1, driven by the official openai client (chat, streaming, stop,
+length, auth, errors, /v1/models), raw HTTP for what the client hides (malformed JSON, SSE framing,
+429 + Retry-After, disconnects), and bench.py --mode=serve against it."""
+import contextlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from conftest import PRESETS, ROOT, assert_one_line_error, free_port, run
+
+openai = pytest.importorskip("openai")
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def server(trained_root):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "serve.py"), "--out_dir=out-instr,out-pre",
+                             f"--port={port}", f"--api_key={KEY}", "--workers=2", "--queue_size=0",
+                             "--max_tokens_limit=100000"], cwd=trained_root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if json.load(r)["status"] == "ok":
+                        break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(proc.stdout.read().decode())
+                time.sleep(0.2)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def client(port, key=KEY):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def post(port, path, body, key=KEY):
+    """A raw POST: (status, headers, body text)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    c.request("POST", path, data, {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    r = c.getresponse()
+    out = r.status, dict(r.getheaders()), r.read().decode()
+    c.close()
+    return out
+
+
+def health(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+        return json.load(r)
+
+
+def test_chat_streamed_and_not(server):
+    c = client(server)
+    q = "¿Cuál es la capital de Costa Rica?"
+    r = c.chat.completions.create(model="out-instr", messages=[
+        {"role": "system", "content": "Responde en español."}, {"role": "user", "content": q}], temperature=0)
+    assert r.choices[0].message.content == PRESETS[q] and r.choices[0].finish_reason == "stop"
+    assert r.object == "chat.completion" and r.model == "out-instr"
+    assert r.usage.prompt_tokens == len(q) + 2 and r.usage.completion_tokens == len(PRESETS[q]) + 1  # + <eos>
+    chunks = list(c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}],
+                                            temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == PRESETS[q]
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    status, headers, text = post(server, "/v1/chat/completions", {
+        "model": "out-instr", "messages": [{"role": "user", "content": q}], "temperature": 0, "stream": True})
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_stop_sequences_max_tokens_seed_and_faq(server):
+    c = client(server)
+    q = "¿Cuál es la capital de Costa Rica?"
+    r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}], temperature=0,
+                                  stop=["Rica", "zzz"])
+    assert r.choices[0].message.content == "La capital de Costa " and r.choices[0].finish_reason == "stop"
+    streamed = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}],
+                                         temperature=0, stop="Costa", stream=True)
+    assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == "La capital de "
+    r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}], temperature=0,
+                                  max_tokens=5)
+    assert r.choices[0].message.content == "La ca" and r.choices[0].finish_reason == "length"
+    a, b = (c.completions.create(model="out-pre", prompt="El perro", max_tokens=30, temperature=1.0, seed=7,
+                                 extra_body={"top_k": 20, "top_p": 0.9}) for _ in range(2))
+    assert a.choices[0].text == b.choices[0].text and a.choices[0].finish_reason == "length"
+    assert a.object == "text_completion" and a.usage.completion_tokens == 30
+    r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": "¿Los perros son caninos?"}],
+                                  extra_body={"faq": True})
+    from app import FAQ
+    assert r.choices[0].message.content == FAQ["fact:perro"]
+
+
+def test_models_auth_and_errors_in_the_openai_shape(server):
+    models = {m.id: m for m in client(server).models.list()}
+    assert set(models) == {"out-instr", "out-pre"} and models["out-pre"].kind == "pretrain"
+    with pytest.raises(openai.AuthenticationError):
+        client(server, key="wrong").models.list()
+    c = client(server)
+    user = [{"role": "user", "content": "hola"}]
+    cases = [
+        (openai.NotFoundError, dict(model="nope", messages=user), "model_not_found"),
+        (openai.BadRequestError, dict(model="out-instr", messages=[]), "empty_messages"),
+        (openai.BadRequestError, dict(model="out-instr", messages=[{"role": "wizard", "content": "x"}]), "invalid_role"),
+        (openai.BadRequestError, dict(model="out-instr", messages=[{"role": "assistant", "content": "x"}]), "invalid_role"),
+        (openai.BadRequestError, dict(model="out-instr", messages=[{"role": "user", "content": "x" * 200}]), "prompt_too_long"),
+        (openai.BadRequestError, dict(model="out-instr", messages=user, max_tokens=10 ** 6), "max_tokens_over_limit"),
+        (openai.BadRequestError, dict(model="out-pre", messages=user), "model_not_chat"),
+        (openai.BadRequestError, dict(model="out-instr", messages=user, n=2), "invalid_value"),
+        (openai.BadRequestError, dict(model="out-instr", messages=user, temperature=5), "invalid_value"),
+    ]
+    for error, kw, code in cases:
+        with pytest.raises(error) as e:
+            c.chat.completions.create(**kw)
+        assert e.value.body["code"] == code and e.value.body["message"], kw
+    status, _, text = post(server, "/v1/chat/completions", b"{not json")
+    assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
+    assert "Traceback" not in text
+    assert health(server)["status"] == "ok"  # still alive after all of these
+
+
+def test_concurrency_429_and_disconnects_stop_generation(server):
+    c = client(server)
+    q = "¿Qué tipo de animal es el gato?"
+    answers = [None, None]
+
+    def ask(i):
+        answers[i] = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}],
+                                               temperature=0).choices[0].message.content
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert answers == [PRESETS[q]] * 2
+    before = health(server)["cancelled"]
+    # two endless streams fill the server (2 workers, no queue): a third request is refused with 429
+    conns = []
+    for _ in range(2):
+        h = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+        h.request("POST", "/v1/completions", json.dumps({"model": "out-pre", "prompt": "El", "max_tokens": 90000,
+                                                         "stream": True}), {"Authorization": f"Bearer {KEY}"})
+        r = h.getresponse()
+        assert r.status == 200 and r.readline().startswith(b"data: ")  # generating
+        conns.append(h)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.completions.create(model="out-pre", prompt="El", max_tokens=5)
+    assert e.value.response.headers["retry-after"] == "1"
+    for h in conns:  # the clients go away: their generations stop
+        h.sock.shutdown(2)
+        h.close()
+    deadline = time.time() + 20
+    while health(server)["in_flight"] and time.time() < deadline:
+        time.sleep(0.1)
+    state = health(server)
+    assert state["in_flight"] == 0 and state["cancelled"] == before + 2
+
+
+def test_bench_serve_reports_latency_and_throughput(server):
+    p = run("bench.py", "--mode=serve", f"--serve_url=http://127.0.0.1:{server}", "--serve_model=out-instr",
+            "--clients=2", "--requests=2", f"--api_key={KEY}", "--max_new_tokens=20")
+    assert p.returncode == 0, p.stderr
+    assert "time to first token" in p.stdout and "aggregate" in p.stdout and "4 requests" in p.stdout
+
+
+def test_serve_bad_start_is_one_line(trained_root):
+    busy = free_port()
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", busy))
+        s.listen()
+        taken = run("serve.py", "--out_dir=out-instr", f"--port={busy}", cwd=trained_root)
+    missing = run("serve.py", "--out_dir=nothing-here", f"--port={free_port()}", cwd=trained_root)
+    assert "cannot serve on 127.0.0.1" in assert_one_line_error(taken)
+    assert "no checkpoint" in assert_one_line_error(missing)
