@@ -124,12 +124,17 @@ def test_bpe_prepare_writes_merges_and_a_checkpoint_trains_resumes_and_samples(b
     ck = torch.load(bpe_run / "out" / "ckpt.pt", weights_only=True)
     assert ck["tokenizer"] == "bpe" and ck["merges"] == meta["merges"] and "vocab" not in ck
     shutil.copytree(bpe_run / "out", bpe_run / "out-r")
-    resume, sample, finetune_cls = run_many([
+    resume, sample, finetune_cls, evaluate, bench = run_many([
         ("train.py", TINY, "--dataset=bpe", "--out_dir=out-r", "--init_from=resume", "--max_iters=40"),
         ("sample.py", "--out_dir=out", "--start=El perro", "--max_new_tokens=40", "--temperature=0", "--device=cpu"),
         ("finetune_cls.py", "--init_from=out", "--out_dir=out-cls", "--max_iters=6", "--eval_interval=3",
          "--batch_size=8", "--device=cpu", f"--data={os.path.join(ROOT, 'data', 'es', 'sentiment')}"),
+        ("evaluate.py", "--out_dir=out", "--data=bpe", "--text=corpus.txt", "--json=True", "--device=cpu"),
+        ("bench.py", "--mode=sample", "--out_dir=out", "--runs=1", "--max_new_tokens=8", "--prompt_len=16"),
     ], cwd=bpe_run)
+    rows = json.loads(evaluate.stdout[evaluate.stdout.index("["):])
+    assert evaluate.returncode == 0 and len(rows) == 2 and all(r["tokens"] < r["bytes"] / 2 for r in rows), evaluate.stderr
+    assert bench.returncode == 0 and "greedy outputs identical: True" in bench.stdout, bench.stderr
     assert resume.returncode == 0 and "resum" in resume.stdout.lower(), resume.stderr
     assert torch.load(bpe_run / "out-r" / "ckpt.pt", weights_only=True)["iter_num"] == 40
     # streamed token by token, the output is the decoding of all the ids at once: no character cut in two
