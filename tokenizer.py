@@ -1,7 +1,7 @@
 """
 Text cleaning and the two tokenizers, shared by every script.
 
-Both put the special tokens first (fixed ids 0..4). CharTokenizer then has one id per character
+Both put the special tokens first (fixed ids 0..5; older vocabularies have 0..4, no <sys>). CharTokenizer then has one id per character
 seen when its vocabulary was built; BPETokenizer has one id per byte (256), then one per merge
 learned by train(). Special tokens are only ever inserted by code (tok.instr_id, tok.eos_id, ...):
 encode() maps text to characters or bytes, so a user who types "<resp>" gets '<', 'r', 'e', ...
@@ -14,8 +14,10 @@ import re
 import time
 import unicodedata
 
-SPECIALS = ["<pad>", "<unk>", "<instr>", "<resp>", "<eos>"]
-PAD, UNK, INSTR, RESP, EOS = range(len(SPECIALS))
+SPECIALS = ["<pad>", "<unk>", "<instr>", "<resp>", "<eos>", "<sys>"]
+PAD, UNK, INSTR, RESP, EOS, SYS = range(len(SPECIALS))
+# vocabularies made before <sys> existed (the shipped 6x256 backbone) have the first five only: they
+# load and answer single questions as before; a system prompt needs a vocabulary with <sys>
 # always in the vocabulary, so everyday text in any new prompt has a trained-able id:
 # printable ASCII plus Spanish letters and punctuation
 BASE_CHARS = "".join(chr(c) for c in range(32, 127)) + "\n\táéíóúüñÁÉÍÓÚÜÑ¿¡«»—–…“”‘’°"
@@ -42,24 +44,30 @@ def strip_accents(text):
 
 
 class Tokenizer:
-    """What both tokenizers share. Ids 0..4 are the special tokens, always; every other id stands for
-    some bytes of UTF-8 text (a character, or a BPE piece). Subclasses give encode(text) and
-    token_bytes(id); decoding, the instruction format and saving are here, once."""
-    pad_id, unk_id, instr_id, resp_id, eos_id = range(len(SPECIALS))
+    """What both tokenizers share. The first ids are the special tokens (self.specials: SPECIALS, or its
+    first five in older vocabularies); every other id stands for some bytes of UTF-8 text (a character,
+    or a BPE piece). Subclasses give encode(text) and token_bytes(id); decoding, the chat template and
+    saving are here, once."""
+    pad_id, unk_id, instr_id, resp_id, eos_id = PAD, UNK, INSTR, RESP, EOS
+    specials = SPECIALS
+
+    @property
+    def sys_id(self):
+        return SYS if len(self.specials) > SYS else None
 
     def decode(self, ids, specials=False):
         """ids -> text. Specials are dropped (<unk> shows as U+FFFD), or spelled out with specials=True.
         Bytes are joined before they are decoded: a character split across BPE tokens comes out whole."""
-        out, run = [], []
+        out, run, n_special = [], [], len(self.specials)
         for i in ids:
             i = int(i)
-            if i >= len(SPECIALS):
+            if i >= n_special:
                 run.append(self.token_bytes(i))
                 continue
             out.append(b"".join(run).decode("utf-8", errors="replace"))
             run = []
             if specials:
-                out.append(SPECIALS[i])
+                out.append(self.specials[i])
             elif i == UNK:
                 out.append("\ufffd")  # show that something unknown was here
         out.append(b"".join(run).decode("utf-8", errors="replace"))
@@ -69,8 +77,8 @@ class Tokenizer:
         """How one token looks on its own (the app's token view and charts): specials by name, visible
         space/newline/tab marks, and a byte that is only part of a character as <0xC3>."""
         i = int(i)
-        if i < len(SPECIALS):
-            return SPECIALS[i]
+        if i < len(self.specials):
+            return self.specials[i]
         b = self.token_bytes(i)
         try:
             text = b.decode("utf-8")
@@ -79,18 +87,44 @@ class Tokenizer:
             text = re.sub(r"<0x([0-9a-f]{2})", lambda m: f"<0x{m.group(1).upper()}>", text)
         return text.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
 
-    def encode_instruction(self, prompt, response=None, max_len=None):
-        """<instr> prompt <resp> [response <eos>] as ids, with the special ids inserted here.
-        If it is longer than max_len, the prompt loses tokens from its start (the end of a prompt,
-        where the question usually is, is kept). Returns (ids, tokens cut)."""
-        p = self.encode(prompt)
+    def encode_chat(self, question, history=(), system="", response=None, max_len=None):
+        """THE chat template, the one definition every script uses (finetune_instr, sample, app,
+        evaluate, serve):
+
+            [<sys> system] <instr> q1 <resp> a1 <eos> ... <instr> question <resp> [response <eos>]
+
+        history: the earlier (question, answer) turns, oldest first. Without system prompt and history
+        it is the single-question format. Longer than max_len: whole oldest turns go first (the system
+        prompt and the new question are kept), then the question loses tokens from its start (its end,
+        where the question usually is, stays), then the system prompt from its start. A response
+        longer than the window alone is cut at its end. Returns (ids, turns dropped, tokens cut)."""
+        if system and self.sys_id is None:
+            raise ValueError("this vocabulary has no <sys> token (it predates system prompts): "
+                             "prepare.py and train a new model to use one")
+        s = [self.sys_id] + self.encode(system) if system else []
+        turns = [[self.instr_id] + self.encode(q) + [self.resp_id] + self.encode(a) + [self.eos_id]
+                 for q, a in history]
+        q = self.encode(question)
         r = [] if response is None else self.encode(response) + [self.eos_id]
-        cut = 0
-        if max_len is not None and len(p) + len(r) + 2 > max_len:
+        dropped = cut = 0
+        if max_len is not None:
             r = r[: max(0, max_len - 3)]  # only if the response alone is too long
-            cut = max(0, len(p) + len(r) + 2 - max_len)
-            p = p[cut:]
-        return [self.instr_id] + p + [self.resp_id] + r, cut
+            while turns and len(s) + sum(map(len, turns)) + len(q) + len(r) + 2 > max_len:
+                turns.pop(0)
+                dropped += 1
+            over = len(s) + len(q) + len(r) + 2 - max_len
+            if over > 0:  # the question keeps at least its last token, then the system prompt gives way
+                cut = min(over, max(0, len(q) - 1))
+                q = q[cut:]
+                if over > cut and s:
+                    n = min(over - cut, len(s) - 1)
+                    s, cut = s[:1] + s[1 + n:], cut + n
+        return s + [t for turn in turns for t in turn] + [self.instr_id] + q + [self.resp_id] + r, dropped, cut
+
+    def encode_instruction(self, prompt, response=None, max_len=None):
+        """The template for one question alone (no system prompt, no earlier turns): (ids, tokens cut)."""
+        ids, _, cut = self.encode_chat(prompt, response=response, max_len=max_len)
+        return ids, cut
 
 
 class StreamDecoder:
@@ -104,7 +138,7 @@ class StreamDecoder:
 
     def add(self, i):
         i = int(i)
-        if i < len(SPECIALS):
+        if i < len(self.tok.specials):
             return "\ufffd" if i == UNK else ""
         return self.utf8.decode(self.tok.token_bytes(i))
 
@@ -117,11 +151,13 @@ class CharTokenizer(Tokenizer):
     kind = "char"
 
     def __init__(self, vocab):
-        # vocab: list of strings, SPECIALS first, then single characters
-        if list(vocab[: len(SPECIALS)]) != SPECIALS:
+        # vocab: list of strings, SPECIALS first (or, in older vocabularies, its first five), then
+        # single characters (so a 5-character "<sys>" at id 5 can only be the special token)
+        if list(vocab[:EOS + 1]) != SPECIALS[:EOS + 1]:
             raise ValueError("vocabulary must start with the special tokens " + " ".join(SPECIALS))
         self.vocab = list(vocab)
-        self.stoi = {ch: i for i, ch in enumerate(self.vocab) if i >= len(SPECIALS)}
+        self.specials = SPECIALS if self.vocab[SYS:SYS + 1] == ["<sys>"] else SPECIALS[:EOS + 1]
+        self.stoi = {ch: i for i, ch in enumerate(self.vocab) if i >= len(self.specials)}
         self._bytes = [ch.encode("utf-8") for ch in self.vocab]
 
     @classmethod
@@ -182,14 +218,17 @@ class BPETokenizer(Tokenizer):
     produce a special id, because merges only ever combine byte ids."""
     kind = "bpe"
 
-    def __init__(self, merges, pattern=SPLIT_PATTERN):
+    def __init__(self, merges, pattern=SPLIT_PATTERN, specials=SPECIALS):
         self.merges = [tuple(int(a) for a in m) for m in merges]
-        self.pattern = pattern
+        self.pattern, self.specials = pattern, list(specials)
+        if self.specials[:EOS + 1] != SPECIALS[:EOS + 1]:
+            raise ValueError("special tokens must start with " + " ".join(SPECIALS[:EOS + 1]))
+        self.byte0 = len(self.specials)  # the id of byte 0 (BYTE0 for tokenizers made now)
         self.split = re.compile(pattern)
         self.rank = {}  # (a, b) -> the id of their merge; a lower id was learned earlier
-        self._bytes = [b""] * BYTE0 + [bytes([b]) for b in range(256)]
+        self._bytes = [b""] * self.byte0 + [bytes([b]) for b in range(256)]
         for a, b in self.merges:
-            if not (BYTE0 <= a < len(self._bytes) and BYTE0 <= b < len(self._bytes)):
+            if not (self.byte0 <= a < len(self._bytes) and self.byte0 <= b < len(self._bytes)):
                 raise ValueError(f"merge ({a}, {b}) refers to ids that do not exist yet")
             self.rank[(a, b)] = len(self._bytes)
             self._bytes.append(self._bytes[a] + self._bytes[b])
@@ -199,13 +238,14 @@ class BPETokenizer(Tokenizer):
         return len(self._bytes)
 
     def state(self):
-        return {"tokenizer": "bpe", "merges": [list(m) for m in self.merges], "pattern": self.pattern}
+        return {"tokenizer": "bpe", "merges": [list(m) for m in self.merges], "pattern": self.pattern,
+                "specials": self.specials}
 
     def token_bytes(self, i):
         return self._bytes[i]
 
     def encode_chunk(self, chunk):
-        ids = [BYTE0 + b for b in chunk.encode("utf-8")]
+        ids = [self.byte0 + b for b in chunk.encode("utf-8")]
         while len(ids) > 1:
             # the earliest-learned merge among the adjacent pairs goes first, as in training
             pair = min(zip(ids, ids[1:]), key=lambda p: self.rank.get(p, 1 << 62))
@@ -283,18 +323,19 @@ class BPETokenizer(Tokenizer):
 
 def load_tokenizer(d):
     """The tokenizer saved in a meta.json or checkpoint dict (see state()): BPE or characters."""
-    if d.get("tokenizer", "char") == "bpe":
-        return BPETokenizer(d["merges"], d.get("pattern", SPLIT_PATTERN))
+    if d.get("tokenizer", "char") == "bpe":  # (the first BPE files, without "specials", had five)
+        return BPETokenizer(d["merges"], d.get("pattern", SPLIT_PATTERN), d.get("specials", SPECIALS[:EOS + 1]))
     return CharTokenizer(d["vocab"])
 
 
-def instruction_example(tok, prompt, response, max_len):
-    """One training example for instruction tuning: (x, y, cut). x = ids[:-1] and y = ids[1:] of
-    <instr> prompt <resp> response <eos>, with y = -100 (ignored by the loss) wherever the next token
-    is still part of the prompt: the first kept target is the response's first token, predicted at
-    <resp>, and the last is <eos>. The model learns to answer, not to write questions."""
-    ids, cut = tok.encode_instruction(prompt, response, max_len=max_len)
-    resp_pos = ids.index(tok.resp_id)
+def instruction_example(tok, prompt, response, max_len, history=(), system=""):
+    """One training example for instruction tuning: (x, y, cut). x = ids[:-1] and y = ids[1:] of the
+    chat template, with y = -100 (ignored by the loss) wherever the next token is still context
+    (system prompt, earlier turns, the question): the first kept target is the answer's first token,
+    predicted at the last <resp>, and the last is <eos>. The model learns to answer, not to write
+    questions (nor to repeat the earlier answers it was shown)."""
+    ids, _, cut = tok.encode_chat(prompt, history, system, response, max_len=max_len)
+    resp_pos = len(ids) - 1 - ids[::-1].index(tok.resp_id)
     y = ids[1:]
     y[:resp_pos] = [-100] * resp_pos
     return ids[:-1], y, cut

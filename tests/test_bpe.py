@@ -22,12 +22,13 @@ A, B, C, D = (BYTE0 + ord(ch) for ch in "abcd")
 
 def test_first_merges_are_the_ones_computed_by_hand():
     # chunk counts: abab x3, ab x2, ba x1. Pairs: (a,b) = 3*2 + 2 = 8, (b,a) = 3*1 + 1 = 4
-    # merge 1: (a,b) -> 261. abab = [261, 261]: (261,261) = 3; ab = [261]; ba = [b, a]: (b,a) = 1
-    # merge 2: (261,261) -> 262. Left: (b,a) once, and a pair seen once is not merged: no merge 3
-    tok, made = BPETokenizer.train(Counter({"abab": 3, "ab": 2, "ba": 1}), vocab_size=BYTE0 + 256 + 3)
-    assert tok.merges == [(A, B), (261, 261)] and made == 2 and len(tok) == BYTE0 + 256 + 2
-    assert tok.encode("abab") == [262] and tok.encode("aba") == [261, A] and tok.encode("ba") == [B, A]
-    assert tok.token_bytes(262) == b"abab"
+    # merge 1: (a,b) -> M (the first id after the bytes). abab = [M, M]: (M,M) = 3; ab = [M]; ba: (b,a) = 1
+    # merge 2: (M,M) -> M+1. Left: (b,a) once, and a pair seen once is not merged: no merge 3
+    M = BYTE0 + 256
+    tok, made = BPETokenizer.train(Counter({"abab": 3, "ab": 2, "ba": 1}), vocab_size=M + 3)
+    assert tok.merges == [(A, B), (M, M)] and made == 2 and len(tok) == M + 2
+    assert tok.encode("abab") == [M + 1] and tok.encode("aba") == [M, A] and tok.encode("ba") == [B, A]
+    assert tok.token_bytes(M + 1) == b"abab"
     # ties go to the smallest pair of ids, so training is deterministic: (a,b) before (c,d)
     tok, _ = BPETokenizer.train(Counter({"cd": 2, "ab": 2}), vocab_size=BYTE0 + 256 + 2)
     assert tok.merges == [(A, B), (C, D)]
@@ -107,7 +108,7 @@ def bpe_run(tmp_path_factory):
     (work / "corpus.txt").write_text(CORPUS, encoding="utf-8")
     p = run("prepare.py", "--input=corpus.txt", "--dataset=bpe", "--tokenizer=bpe", "--vocab_size=320", cwd=work)
     assert p.returncode == 0, p.stderr
-    assert "characters per token" in p.stdout and "BPE: 59 merges" in p.stdout
+    assert "characters per token" in p.stdout and f"BPE: {320 - BYTE0 - 256} merges" in p.stdout
     p = run("train.py", TINY, "--dataset=bpe", "--out_dir=out", "--max_iters=30", cwd=work)
     assert p.returncode == 0, p.stderr
     return work
@@ -185,7 +186,7 @@ def test_bpe_bad_inputs_are_one_line_and_change_nothing(bpe_run, tiny_run):
         ("train.py", TINY, "--dataset=bpe", "--out_dir=out-char", "--init_from=resume", "--max_iters=50"),
         ("train.py", TINY, "--dataset=tiny", "--out_dir=out", "--init_from=resume", "--max_iters=50"),
     ], cwd=bpe_run)
-    assert "at least 262" in assert_one_line_error(small)
+    assert f"at least {BYTE0 + 257}" in assert_one_line_error(small)
     assert "at most" in assert_one_line_error(large)
     line = assert_one_line_error(too_few)
     assert "corpus too small for --vocab_size=5000" in line and re.search(r"only [\d,]+ merges were possible", line)

@@ -47,7 +47,7 @@ def test_prepare_txt_jsonl_parquet_folder(tmp_path):
         tok = CharTokenizer(meta["vocab"])
         text = tok.decode(np.concatenate([train, val]).tolist())
         assert "\r" not in text and "\x07" not in text and "¿qué tal?" in text
-        assert len(val) < len(train) and meta["vocab"][:5] == SPECIALS
+        assert len(val) < len(train) and meta["vocab"][:len(SPECIALS)] == SPECIALS
     meta_m, _, _ = _prepared(tmp_path, "m")
     assert meta_m["files"] == 4 and meta_m["encodings"] == {"cp1252": 1, "utf-8": 3}
     assert "latin.txt: cp1252 (not UTF-8; no declared charset)" in runs[4].stdout

@@ -9,7 +9,7 @@ def test_tokenizer_round_trip_and_specials_first():
     tok = CharTokenizer.from_texts(["¿Los perros son caninos? ¡Sí, señor!\n\tÜ"])
     text = "¿Los perros son caninos? ¡Sí, señor!"
     assert tok.decode(tok.encode(text)) == text
-    assert tok.vocab[:5] == SPECIALS
+    assert tok.vocab[:len(SPECIALS)] == SPECIALS
     assert all(i >= len(SPECIALS) for i in tok.encode(text))
 
 
