@@ -33,6 +33,7 @@ from tokenizer import StreamDecoder, strip_accents  # stdlib only: importing app
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_PROMPT_CHARS = 500
+MAX_SYSTEM_CHARS = 300
 
 # -----------------------------------------------------------------------------------------
 # FAQ: three fixed answers, identical to the dataset's responses. Each is one entry of the table
@@ -369,8 +370,8 @@ def checkpoint_kind(path):
     return _KIND_CACHE[key]
 
 
-def find_checkpoints(root=None):
-    """([(name, path)] of instruction checkpoints, [(name, why)] of out*/ folders skipped)."""
+def find_checkpoints(root=None, want="instr"):
+    """([(name, path)] of checkpoints of kind `want`, [(name, why)] of out*/ folders skipped)."""
     root = root or out_root()
     found, skipped = [], []
     for d in sorted(glob.glob(os.path.join(root, "out*"))):
@@ -380,11 +381,11 @@ def find_checkpoints(root=None):
         if not os.path.isfile(path):
             continue
         kind = checkpoint_kind(path)
-        if kind == "instr":
+        if kind == want:
             found.append((name, path))
         else:
             skipped.append((name, f"modelo '{kind}'" if kind else "no se puede leer"))
-    found.sort(key=lambda x: (x[0] != "out-instr", x[0]))  # out-instr first: the default
+    found.sort(key=lambda x: (x[0] not in ("out-instr", "out-cls"), x[0]))  # out-instr / out-cls first: the default
     return found, skipped
 
 
@@ -457,6 +458,8 @@ class Settings:
     use_faq: bool = True
     show_raw: bool = False
     show_tokens: bool = False
+    use_history: bool = True  # the earlier turns go into the prompt
+    system: str = ""  # the system prompt
 
     def label(self):
         return f"T={self.temperature:g}, top-k={self.top_k or '—'}, máx={self.max_new}"
@@ -505,19 +508,28 @@ def model_caches():
 def main():
     import streamlit as st
 
-    from tokenizer import clean_text
-
     st.set_page_config(page_title="LLM desde cero · chat", page_icon="💬", layout="centered")
     st.markdown("""<style>
         div[data-testid="stChatMessage"] p { font-size: 1.05rem; }
         </style>""", unsafe_allow_html=True)
     res, settings = sidebar()
-    msgs = st.session_state.setdefault("messages", [])
-
     st.title(":material/forum: LLM desde cero")
-    st.caption(f"Un GPT de caracteres entrenado con este kit (`{res.name}`). Sabe tres cosas: "
+    tab_chat, tab_cls = st.tabs([":material/forum: Chat", ":material/label: Clasificar"])
+    with tab_cls:  # drawn first: the chat below may end the run early (st.rerun)
+        classify_tab()
+    with tab_chat:
+        chat_tab(res, settings)
+
+
+def chat_tab(res, settings):
+    import streamlit as st
+
+    from tokenizer import clean_text
+
+    msgs = st.session_state.setdefault("messages", [])
+    st.caption(f"Un GPT entrenado con este kit (`{res.name}`). Sabe tres cosas: "
                "de qué familia son los perros y los gatos, y la capital de Costa Rica; lo demás, "
-               "*No lo sé*.")
+               "*No lo sé*. Recuerda la conversación: prueba «¿Y los gatos?» después de preguntar por los perros.")
 
     # ---- presets
     presets = ["¿A qué familia pertenece el perro?", "¿Qué tipo de animal es el gato?",
@@ -552,12 +564,13 @@ def main():
                      "content": f"Tu mensaje tiene {len(prompt)} caracteres y el máximo es {MAX_PROMPT_CHARS}. "
                                 "Acórtalo (la pregunta suele caber en una línea) y vuelve a enviarlo."})
         st.rerun()
+    history = conversation(msgs) if settings.use_history else []  # the turns before this question
     msgs.append({"role": "user", "content": prompt})
     with st.chat_message("user", avatar=AVATARS["user"]):
         st.markdown(escape_md(prompt))
     with st.chat_message("assistant", avatar=AVATARS["assistant"]):
         try:
-            reply = answer(prompt, res, settings)
+            reply = answer(prompt, res, settings, history)
         except BaseException:  # Streamlit stopped this run mid-answer (a new question, the stop button)
             msgs.append({"role": "assistant", "source": "aviso", "content": "Respuesta interrumpida."})
             raise
@@ -571,6 +584,7 @@ def sidebar():
     import streamlit as st
 
     from checkpoint import CheckpointError
+    from tokenizer import clean_text
 
     root = out_root()
     found, skipped = find_checkpoints(root)
@@ -604,10 +618,18 @@ def sidebar():
                           help="Las tres preguntas del conjunto (perros, gatos, capital de Costa Rica) se "
                                "responden con el texto fijo del dataset, sin el modelo."),
         show_raw=sb.toggle("Mostrar traza cruda", value=False, key="raw",
-                           help="El texto completo que ve el modelo: <instr>pregunta<resp>respuesta<eos>."),
+                           help="El texto completo que ve el modelo: [<sys>sistema] los turnos anteriores y <instr>pregunta<resp>respuesta<eos>."),
         show_tokens=sb.toggle("Ver tokens", value=False, key="tokens",
                               help="La pregunta y la respuesta partidas en los tokens que lee y escribe el "
-                                   "modelo (caracteres, o trozos de palabra con BPE)."))
+                                   "modelo (caracteres, o trozos de palabra con BPE)."),
+        use_history=sb.toggle("Recordar la conversación", value=True, key="history",
+                              help="Las preguntas y respuestas anteriores entran en el prompt (las más antiguas "
+                                   "salen primero si no caben), así el modelo entiende «¿Y los gatos?»."),
+        system=clean_text(sb.text_area(
+            "Prompt de sistema", value="", key="system", max_chars=MAX_SYSTEM_CHARS, height=80,
+            placeholder="p. ej. Responde solo sí o no.", disabled=tok.sys_id is None,
+            help="Una instrucción para toda la conversación, antes de los turnos (<sys>…)." if tok.sys_id is not None
+            else "Este modelo se entrenó sin <sys>: no admite prompt de sistema.") or "").strip())
     if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
         st.session_state.messages = []
     if skipped:
@@ -633,9 +655,77 @@ def no_checkpoint_page(root, skipped, error=None):
     st.stop()
 
 
-def answer(prompt, res, settings):
-    """Answer one prompt inside the current chat message (res: the Loaded checkpoint); returns the
-    message dict for the history."""
+def classify_tab():
+    """The 'Clasificar' tab: an out*/ classifier (finetune_cls.py) labels a typed text, with the
+    probability of every label."""
+    import altair as alt
+    import pandas as pd
+    import streamlit as st
+
+    from tokenizer import clean_text
+
+    found, _ = find_checkpoints(out_root(), want="cls")
+    if not found:
+        st.info("No hay clasificadores `out*/` (kind 'cls'). Entrena uno: "
+                "`python finetune_cls.py config/finetune_cls.py`.")
+        return
+    name = st.selectbox("Clasificador (checkpoint)", [n for n, _ in found], key="cls_ckpt")
+    path = dict(found)[name]
+    text = st.text_area("Texto", key="cls_text", max_chars=MAX_PROMPT_CHARS, height=100,
+                        placeholder="p. ej. El producto llegó roto y nadie responde.")
+    if not st.button("Clasificar", key="cls_go", icon=":material/label:"):
+        return
+    text = clean_text(text or "").strip()
+    if not text:
+        st.warning("Escribe un texto para clasificar.")
+        return
+    if len(text) > MAX_PROMPT_CHARS:
+        st.warning(f"El texto tiene {len(text)} caracteres y el máximo es {MAX_PROMPT_CHARS}.")
+        return
+    try:
+        labels, probs = classifier_cache()(path, os.stat(path).st_mtime_ns, text)
+    except Exception as e:  # a damaged or misfitting checkpoint: a message, not a traceback
+        st.error(f"No se pudo clasificar ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return
+    best = max(range(len(labels)), key=lambda k: probs[k])
+    st.session_state["cls_result"] = {"checkpoint": name, "text": text, "label": labels[best],
+                                      "probs": dict(zip(labels, probs))}
+    st.markdown(f"**{escape_md(labels[best])}** · {probs[best]:.1%}")
+    df = pd.DataFrame({"etiqueta": labels, "probabilidad": probs})
+    st.altair_chart(alt.Chart(df).mark_bar().encode(
+        x=alt.X("probabilidad:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("etiqueta:N", sort="-x", title=None),
+        tooltip=["etiqueta", alt.Tooltip("probabilidad:Q", format=".3f")]), width="stretch", height=40 * len(labels) + 40)
+
+
+@functools.cache
+def classifier_cache():
+    """classify(path, mtime_ns, text) -> (labels, probabilities), the classifier loaded once per file version."""
+    import streamlit as st
+
+    @st.cache_resource(show_spinner="Cargando el clasificador…", max_entries=2)
+    def load(path, mtime_ns):
+        from finetune_cls import load_classifier
+        ckpt, clf, tok = load_classifier(path, "cpu", cli=False)
+        return ckpt["labels"], clf, tok
+
+    def classify_text(path, mtime_ns, text):
+        from finetune_cls import classify
+        labels, clf, tok = load(path, mtime_ns)
+        return labels, classify(clf, tok, [text])[0].tolist()
+    return classify_text
+
+
+def conversation(msgs):
+    """The (question, answer) turns of the chat so far, oldest first: a user message and the answer
+    that followed it (from the model or the FAQ; warnings and errors are not turns)."""
+    return [(u["content"], a.get("text", a["content"])) for u, a in zip(msgs, msgs[1:])
+            if u["role"] == "user" and a["role"] == "assistant" and a.get("source") in ("modelo", "FAQ")]
+
+
+def answer(prompt, res, settings, history=()):
+    """Answer one prompt inside the current chat message (res: the Loaded checkpoint), after the earlier
+    turns in history; returns the message dict for the chat. The FAQ answers only a question that is
+    unambiguous alone (a follow-up such as "¿Y los gatos?" is the model's job)."""
     import streamlit as st
 
     from model import answer_ids, prompt_ids
@@ -650,13 +740,13 @@ def answer(prompt, res, settings):
     tok = res.tok
     # the same prompt ids answer_ids builds; with the generated ids (kept as they come, not the text
     # encoded again: special tokens have no text of their own) they are the raw trace and "Mirar dentro"
-    ids, cut = prompt_ids(tok, prompt, res.model.config.block_size, settings.max_new)
+    ids, cut, dropped = prompt_ids(tok, prompt, res.model.config.block_size, settings.max_new, history, settings.system)
     new, first = [], []
     dec = StreamDecoder(tok)  # a character whose bytes BPE split is shown once it is whole
 
     def stream():
         for i in answer_ids(res.model, tok, prompt, settings.max_new, settings.temperature,
-                            settings.top_k or None):
+                            settings.top_k or None, history=history, system=settings.system):
             if not first:
                 first.append(time.perf_counter() - t0)
             new.append(i)
@@ -674,7 +764,8 @@ def answer(prompt, res, settings):
     return {"role": "assistant", "source": "modelo", "content": text or "(respuesta vacía)",
             "latency": latency, "first": first[0] if first else latency, "tokens": len(new),
             "tps": len(new) / latency if latency > 0 else 0.0, "ckpt": res.name, "path": res.path,
-            "mtime": res.mtime, "prompt_ids": ids, "answer_ids": new, "cut": cut,
+            "mtime": res.mtime, "prompt_ids": ids, "answer_ids": new, "cut": cut, "text": text,
+            "turns": len(history) - dropped, "dropped": dropped, "system": settings.system,
             "stopped": new[-1:] == [tok.eos_id], "raw": tok.decode(ids + new, specials=True),
             "token_view": [token_view(tok, ids), token_view(tok, new)],
             "settings": settings.label()}
@@ -698,7 +789,10 @@ def render_answer(m, show_raw, show_tokens=False):
     st.caption(f":blue-badge[modelo] {m['latency']:.2f} s (primer token {m['first'] * 1000:.0f} ms) · "
                f"{m['tokens']} tokens · {m['tps']:.0f} tokens/s · `{m['ckpt']}` · {m['settings']}"
                + ("" if m["stopped"] else " · cortada: llegó al máximo de tokens")
-               + (f" · pregunta recortada: {m['cut']} tokens del inicio" if m["cut"] else ""))
+               + (f" · pregunta recortada: {m['cut']} tokens del inicio" if m["cut"] else "")
+               + (f" · con {m['turns']} turno(s) anteriores" if m.get("turns") else "")
+               + (f" · {m['dropped']} turno(s) antiguos no caben" if m.get("dropped") else "")
+               + (" · con prompt de sistema" if m.get("system") else ""))
     if show_raw:
         st.code(m["raw"], language=None, wrap_lines=True)
     if show_tokens and "token_view" in m:

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -65,9 +66,28 @@ class ExamplesError(ValueError):
     """An instruction file that cannot be used (one clear message)."""
 
 
+class Example(NamedTuple):
+    """One instruction example: the question and its answer, with the conversation before it."""
+    prompt: str
+    response: str
+    kind: str = ""
+    history: tuple = ()  # earlier (question, answer) turns, oldest first
+    system: str = ""  # the system prompt ('' = none)
+
+
+def conversation(obj):
+    """(history, system) of a JSONL object, or None if they are malformed."""
+    hist, system = obj.get("history", []), obj.get("system", "")
+    if not isinstance(system, str) or not isinstance(hist, list) or not all(
+            isinstance(t, list) and len(t) == 2 and all(isinstance(s, str) for s in t) for t in hist):
+        return None
+    return tuple((clean_text(q).strip(), clean_text(a).strip()) for q, a in hist), clean_text(system).strip()
+
+
 def load_examples(path):
-    """[(prompt, response, kind)] from JSONL or JSON (ours: prompt/response/kind; Alpaca:
-    instruction/input/output). Bad lines are all reported at once."""
+    """[Example] from JSONL or JSON (ours: prompt/response/kind, and for conversations history
+    [[question, answer], ...] and system; Alpaca: instruction/input/output). Bad lines are all
+    reported at once."""
     if not os.path.isfile(path):
         raise ExamplesError(f"instruction data not found: {path}")
     with open(path, "rb") as f:
@@ -94,20 +114,25 @@ def load_examples(path):
                     items.append((n, None))
     examples, bad = [], []
     for n, obj in items:
-        if isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
+        context = conversation(obj) if isinstance(obj, dict) else None
+        if context is None:
+            bad.append(n)
+            continue
+        if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
             prompt, response = obj["prompt"], obj["response"]
-        elif isinstance(obj, dict) and isinstance(obj.get("instruction"), str) and isinstance(obj.get("output"), str):
+        elif isinstance(obj.get("instruction"), str) and isinstance(obj.get("output"), str):
             prompt, response = obj["instruction"], obj["output"]
             if isinstance(obj.get("input"), str) and obj["input"].strip():
                 prompt += "\n" + obj["input"]  # Alpaca's optional context goes under the instruction
         else:
             bad.append(n)
             continue
-        examples.append((clean_text(prompt).strip(), clean_text(response).strip(), str(obj.get("kind", ""))))
+        examples.append(Example(clean_text(prompt).strip(), clean_text(response).strip(), str(obj.get("kind", "")),
+                                *context))
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise ExamplesError(f"{path}: {len(bad)} malformed {where}(s) (need prompt/response or "
-                            f"instruction/output): {where} {shown}")
+                            f"instruction/output; history a list of [question, answer], system a string): {where} {shown}")
     if not examples:
         raise ExamplesError(f"{path} holds no examples")
     return examples
@@ -120,7 +145,9 @@ def normalize(text):
 
 def is_correct(kind, answer, expected):
     """The shipped kinds are judged by key words (any wording that names the right fact, and no other
-    fact, counts); everything else by exact match after normalization."""
+    fact, counts); everything else by exact match after normalization. A kind may carry a group
+    before a slash (followup/fact:gato, context/abstain): the part after it is judged."""
+    kind = kind.split("/")[-1]
     a = strip_accents(answer.lower())
     hits = {k for k, words in FACT_KEYS.items() if any(w in a for w in words)}
     if kind in FACT_KEYS:  # its own key words, and none of the other facts'
@@ -137,7 +164,8 @@ def answer_all(model, tok, examples, max_new_tokens, ctx):
     per example with the answer and whether it is correct."""
     model.eval()
     device = model.wte.weight.device
-    encoded = [prompt_ids(tok, p, model.config.block_size, max_new_tokens)[0] for p, _, _ in examples]
+    encoded = [prompt_ids(tok, e.prompt, model.config.block_size, max_new_tokens, e.history, e.system)[0]
+               for e in examples]
     answers = [None] * len(examples)
     by_len = {}
     for i, ids in enumerate(encoded):
@@ -151,22 +179,25 @@ def answer_all(model, tok, examples, max_new_tokens, ctx):
             for i, row in zip(chunk, out[:, length:].tolist()):
                 row = row[: row.index(tok.eos_id)] if tok.eos_id in row else row
                 answers[i] = tok.decode(row)
-    return [{"prompt": p, "expected": r, "answer": a, "kind": k, "correct": is_correct(k, a, r),
-             "exact": normalize(a) == normalize(r)} for (p, r, k), a in zip(examples, answers)]
+    return [{"prompt": e.prompt, "expected": e.response, "answer": a, "kind": e.kind, "turns": len(e.history),
+             "system": e.system, "correct": is_correct(e.kind, a, e.response),
+             "exact": normalize(a) == normalize(e.response)} for e, a in zip(examples, answers)]
 
 
 def print_table(results):
     """Correct answers per kind (facts, abstentions, others), the three facts together, and overall."""
     kinds = sorted({r["kind"] for r in results}, key=lambda k: (k == "abstain", k))
-    print(f"{'kind':<16}{'n':>5}{'correct':>9}{'accuracy':>10}")
+    print(f"{'kind':<26}{'n':>5}{'correct':>9}{'accuracy':>10}")
     rows = [(k or "(no kind)", [r for r in results if r["kind"] == k]) for k in kinds]
     facts = [r for r in results if r["kind"] in FACT_KEYS]
     if facts:
         rows.append(("facts (3)", facts))
+    for group in sorted({r["kind"].split("/")[0] for r in results if "/" in r["kind"]}):
+        rows.append((f"{group} (all)", [r for r in results if r["kind"].startswith(group + "/")]))
     rows.append(("overall", results))
     for name, rs in rows:
         c = sum(r["correct"] for r in rs)
-        print(f"{name:<16}{len(rs):>5}{c:>9}{100 * c / len(rs):>9.1f}%")
+        print(f"{name:<26}{len(rs):>5}{c:>9}{100 * c / len(rs):>9.1f}%")
 
 
 @torch.no_grad()
@@ -241,8 +272,8 @@ def instruction_row(d, model, tok, examples, ctx):
     max_examples: exact match and the per-kind table, printed unless --json."""
     block = model.config.block_size
     nats = n_bytes = 0.0
-    for p, r, _ in examples:  # teacher forcing: the response's tokens after <instr> prompt <resp>
-        x, y, _ = instruction_example(tok, p, r, max_len=block + 1)
+    for e in examples:  # teacher forcing: the response's tokens after the template's <resp>
+        x, y, _ = instruction_example(tok, e.prompt, e.response, block + 1, e.history, e.system)
         with torch.no_grad(), ctx:
             logits, _ = model(torch.tensor([x], device=model.wte.weight.device))
         y = torch.tensor(y, device=logits.device)

@@ -251,23 +251,34 @@ def all_logits(clf, seqs, pad_id, batch_size, device, ctx=nullcontext()):
     return clf.head(all_features(clf, seqs, pad_id, batch_size, device, ctx))  # (N, K)
 
 
-def load_classifier(path, device):
-    """(checkpoint, Classifier in eval mode, tokenizer) of a saved classifier; only kind 'cls' is accepted."""
+def load_classifier(path, device, cli=True):
+    """(checkpoint, Classifier in eval mode, tokenizer) of a saved classifier; only kind 'cls' is accepted.
+    A bad checkpoint is a one-line exit (cli=True) or a CheckpointError (the app)."""
     try:
         ckpt = load_checkpoint(path, kinds=("cls",))  # torch.load(weights_only=True) inside
         gpt, tok = model_from_checkpoint(ckpt, device)  # the GPT's keys must fit model_args
+        state, labels = ckpt["model"], ckpt.get("labels")
+        if "head.weight" not in state or "head.bias" not in state or not labels or ckpt.get("pool") not in ("last", "mean"):
+            raise CheckpointError(f"{path}: a 'cls' checkpoint without its head, labels or pooling")
+        clf = Classifier(gpt, len(labels), ckpt["pool"])
+        try:
+            clf.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+        except RuntimeError:  # a size mismatch
+            raise CheckpointError(f"{path}: the head ({tuple(state['head.weight'].shape)} weights) does not fit "
+                                  f"{len(labels)} labels on the backbone's {gpt.config.n_embd}-wide vectors")
     except CheckpointError as e:
-        fail(e)
-    state, labels = ckpt["model"], ckpt.get("labels")
-    if "head.weight" not in state or "head.bias" not in state or not labels or ckpt.get("pool") not in ("last", "mean"):
-        fail(f"{path}: a 'cls' checkpoint without its head, labels or pooling")
-    clf = Classifier(gpt, len(labels), ckpt["pool"])
-    try:
-        clf.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
-    except RuntimeError:  # a size mismatch
-        fail(f"{path}: the head ({tuple(state['head.weight'].shape)} weights) does not fit {len(labels)} labels "
-             f"on the backbone's {gpt.config.n_embd}-wide vectors")
+        if cli:
+            fail(e)
+        raise
     return ckpt, clf.to(device).eval(), tok
+
+
+@torch.no_grad()
+def classify(clf, tok, texts, batch_size=32, device="cpu", ctx=nullcontext()):
+    """(N, K) label probabilities of texts (--predict and the app), with the checkpoint's own
+    block_size (long texts keep their end)."""
+    seqs = [encode(tok, prepare_text(t), clf.backbone.config.block_size) for t in texts]
+    return F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, device, ctx).float(), dim=-1).cpu()  # (N, K)
 
 
 def set_trainable(backbone, freeze, unfreeze_last):
@@ -369,9 +380,7 @@ if __name__ == "__main__":
                 fail(f"{predict_file} is not UTF-8 text")
             if not texts:
                 fail(f"{predict_file} holds no text (one text per line)")
-        block_size = clf.backbone.config.block_size  # the checkpoint's, not the flags'
-        seqs = [encode(tok, t, block_size) for t in texts]
-        probs = F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, device, ctx), dim=-1).cpu()  # (N, K)
+        probs = classify(clf, tok, texts, batch_size, device, ctx)  # (N, K), the checkpoint's block_size
         names = ckpt["labels"]
         if predict is not None:
             print(names[probs[0].argmax()])

@@ -6,10 +6,14 @@ never saw.
     python finetune_instr.py --eval_only=True --out_dir=out-instr       # evaluate on the held-out file
     python finetune_instr.py --init_from=scratch --out_dir=out-instr-scratch   # the control
 
-Each example becomes   <instr> prompt <resp> response <eos>   (special ids inserted by code).
-The loss is taken only on the response and <eos>: the model learns to answer, not to write
-questions. Data: JSONL with {"prompt", "response"} (optionally "kind"), or the Alpaca format
-({"instruction", "input", "output"}) as JSON or JSONL.
+Each example goes through the chat template (tokenizer.encode_chat; special ids inserted by code):
+
+    [<sys> system] [<instr> q1 <resp> a1 <eos> ...] <instr> prompt <resp> response <eos>
+
+The loss is taken only on the last response and <eos>: the model learns to answer, not to write
+questions. Data (--data, several files comma-separated): JSONL with {"prompt", "response"}
+(optionally "kind", and for a conversation "history": [[question, answer], ...] and "system"),
+or the Alpaca format ({"instruction", "input", "output"}) as JSON or JSONL.
 """
 import copy
 import json
@@ -28,8 +32,8 @@ from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, strip_acce
 
 # -----------------------------------------------------------------------------
 init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
-data = "data/es/instructions/train.jsonl"
-test_data = "data/es/instructions/test.jsonl"
+data = "data/es/instructions/train.jsonl"  # one or more files, comma-separated
+test_data = "data/es/instructions/test.jsonl"  # the same; '' = no evaluation
 out_dir = "out-instr"
 overwrite = False  # allow replacing a checkpoint already in out_dir
 eval_only = False  # skip training: evaluate out_dir's checkpoint on test_data
@@ -73,9 +77,9 @@ torch.manual_seed(seed)
 ckpt_path = os.path.join(out_dir, "ckpt.pt")
 
 
-def read_examples(path):
+def read_examples(paths):
     try:
-        return load_examples(path)
+        return [e for path in paths.split(",") if path.strip() for e in load_examples(path.strip())]
     except ExamplesError as e:
         fail(e)
 
@@ -106,7 +110,7 @@ if os.path.exists(ckpt_path) and not overwrite:
     fail(f"{ckpt_path} already exists; use --overwrite=True to replace it, or another --out_dir")
 examples = read_examples(data)
 if init_from == "scratch":
-    texts = [p + r for p, r, _ in examples] + [BASE_CHARS]
+    texts = [e.prompt + e.response + e.system + "".join(q + a for q, a in e.history) for e in examples] + [BASE_CHARS]
     tok = CharTokenizer.from_texts(texts)
     model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n_head=n_head,
                       n_embd=n_embd, dropout=dropout)
@@ -128,9 +132,13 @@ except CheckpointError as e:
     fail(e)
 
 
-def encode(p, r):
-    """(x, y, cut) of one example: the loss mask covers the response and <eos> only (tokenizer.py)."""
-    return instruction_example(tok, p, r, max_len=block + 1)
+def encode(e, prompt=None):
+    """(x, y, cut) of one example (its prompt replaced by `prompt` if given): the loss mask covers
+    the last response and <eos> only (tokenizer.py)."""
+    try:
+        return instruction_example(tok, prompt or e.prompt, e.response, block + 1, e.history, e.system)
+    except ValueError as err:  # a system prompt for a vocabulary without <sys>
+        fail(f"{init_from}: {err}")
 
 
 aug_rng = random.Random(seed)
@@ -151,14 +159,14 @@ def augment(p):
     return p
 
 
-truncated = sum(encode(p, r)[2] > 0 for p, r, _ in examples)
+truncated = sum(encode(e)[2] > 0 for e in examples)
 if truncated:
     print(f"{truncated} example(s) longer than block_size={block}: prompts truncated from the left")
 order = list(range(len(examples)))
 random.Random(seed).shuffle(order)
 n_val = max(1, int(len(order) * val_fraction)) if len(order) > 1 else 0
-val_set = [encode(*examples[i][:2])[:2] for i in order[:n_val]]  # validation: the prompts as written
-train_set = [examples[i][:2] for i in order[n_val:]]
+val_set = [encode(examples[i])[:2] for i in order[:n_val]]  # validation: the prompts as written
+train_set = [examples[i] for i in order[n_val:]]
 print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.num_params():,} parameters")
 
 
@@ -222,7 +230,7 @@ for it in range(max_iters + 1):
         group["lr"] = lr
     if len(perm) < batch_size:  # a fresh shuffled pass over the training set
         perm += torch.randperm(len(train_set), generator=gen).tolist()
-    X, Y = collate([encode(augment(p), r)[:2] for p, r in (train_set[i] for i in perm[:batch_size])])
+    X, Y = collate([encode(e, augment(e.prompt))[:2] for e in (train_set[i] for i in perm[:batch_size])])
     perm = perm[batch_size:]
     with ctx:
         _, loss = model(X, Y)

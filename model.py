@@ -275,28 +275,35 @@ def pad_batch(seqs, value):
     return out
 
 
-def prompt_ids(tok, prompt, block_size, max_new_tokens):
-    """What an instruction model sees for a prompt: <instr> prompt <resp>, the prompt cut from the
-    left if needed so that an answer of max_new_tokens still fits the window. Returns (ids, cut)."""
-    return tok.encode_instruction(prompt, max_len=max(block_size // 2, block_size - max_new_tokens))
+def prompt_ids(tok, prompt, block_size, max_new_tokens, history=(), system=""):
+    """What an instruction model sees for a prompt: the chat template (tokenizer.encode_chat: the
+    system prompt, earlier turns, <instr> prompt <resp>), oldest turns dropped and then the prompt cut
+    from the left if needed so that an answer of max_new_tokens still fits the window.
+    Returns (ids, tokens cut, turns dropped)."""
+    ids, dropped, cut = tok.encode_chat(prompt, history, system,
+                                        max_len=max(block_size // 2, block_size - max_new_tokens))
+    return ids, cut, dropped
 
 
-def answer_ids(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
-    """Yield the token ids an instruction model writes after prompt, its final <eos> included. Raw traces
-    are built from these ids, not from the text: special tokens have no text to encode back."""
-    ids, _ = prompt_ids(tok, prompt, model.config.block_size, max_new_tokens)
+def answer_ids(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None,
+               history=(), system=""):
+    """Yield the token ids an instruction model writes after prompt (and the conversation so far), its
+    final <eos> included. Raw traces are built from these ids, not from the text: special tokens have
+    no text to encode back."""
+    ids = prompt_ids(tok, prompt, model.config.block_size, max_new_tokens, history, system)[0]
     idx = torch.tensor([ids], dtype=torch.long, device=model.wte.weight.device)  # (1, T)
     for t in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,
                                    stop_token=tok.eos_id, generator=generator):
         yield t.item()
 
 
-def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None):
+def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None,
+                  history=(), system=""):
     """Yield an instruction model's answer to prompt as text, token by token, until <eos>. A character
     whose bytes BPE split across tokens comes out whole, once its last byte is there."""
     from tokenizer import StreamDecoder
     dec = StreamDecoder(tok)
-    for i in answer_ids(model, tok, prompt, max_new_tokens, temperature, top_k, generator):
+    for i in answer_ids(model, tok, prompt, max_new_tokens, temperature, top_k, generator, history, system):
         text = dec.add(i)  # <eos> and the other specials add nothing
         if text:
             yield text

@@ -6,6 +6,8 @@ Sample from a trained model, streaming to the terminal.
     python sample.py --start=FILE:prompt.txt
     python sample.py --out_dir=out-instr --prompt="¿Los perros son caninos?"   # one answer
     echo "¿Cuál es la capital de Costa Rica?" | python sample.py --out_dir=out-instr   # one per line
+    python sample.py --out_dir=out-instr --chat=True        # a conversation: /reset, /system TEXT
+    printf '¿Los perros son caninos?\n¿Y los gatos?\n' | python sample.py --out_dir=out-instr --chat=True
 
 An instruction checkpoint (finetune_instr.py) answers prompts; a pretrained one continues text.
 """
@@ -30,6 +32,8 @@ seed = 1337
 device = "auto"
 use_cache = True  # KV cache on (the fast path); off recomputes the whole context every token
 show_raw = False  # instruction mode: also print the raw trace with <instr>/<resp>/<eos> visible
+chat = False  # instruction mode: a conversation, one user line at a time; /reset and /system TEXT
+system = ""  # instruction mode: a system prompt ("Responde solo sí o no.")
 max_prompt_chars = 500
 # -----------------------------------------------------------------------------
 configure(globals())
@@ -48,16 +52,64 @@ else:
     temp = 0.8 if temperature < 0 else temperature
 
 
+def prompt_problem(text):
+    """Why a (cleaned) prompt cannot be asked, or None."""
+    if not text:
+        return "empty prompt"
+    if len(text) > max_prompt_chars:
+        return f"prompt of {len(text)} characters is longer than max_prompt_chars={max_prompt_chars}"
+    return None
+
+
 def clean_prompt(text):
     text = clean_text(text).strip()
-    if not text:
-        fail("empty prompt")
-    if len(text) > max_prompt_chars:
-        fail(f"prompt of {len(text)} characters is longer than max_prompt_chars={max_prompt_chars}")
+    if why := prompt_problem(text):
+        fail(why)
     return text
 
 
-if ckpt["kind"] == "instr":
+def answer(q, history=(), one_line=False):
+    """Stream the answer to q (after the earlier turns in history) to stdout; returns its text."""
+    new, dec, parts = [], StreamDecoder(tok), []  # the decoder holds a character until BPE wrote all its bytes
+    for i in answer_ids(model, tok, q, max_new_tokens, temp, top_k, gen, history, system):
+        new.append(i)
+        parts.append(dec.add(i))  # <eos> and the other specials add nothing
+        print(parts[-1].replace("\n", " ") if one_line else parts[-1], end="", flush=True)
+    parts.append(dec.flush())
+    print(parts[-1].replace("\n", " ") if one_line else parts[-1], flush=True)
+    if show_raw:  # what the model read and wrote, from its ids: [<sys> ...] <instr> prompt <resp> answer [<eos>]
+        ids = prompt_ids(tok, q, model.config.block_size, max_new_tokens, history, system)[0]
+        print("[raw] " + tok.decode(ids + new, specials=True), flush=True)
+    return "".join(parts)
+
+
+system = clean_text(system).strip()
+if ckpt["kind"] == "instr" and system and tok.sys_id is None:
+    fail(f"{out_dir} was trained on a vocabulary without <sys> (before system prompts existed): no --system")
+if chat and ckpt["kind"] == "instr":
+    # one output line per input line, flushed, so that scripts can drive it through a pipe
+    history = []
+    if sys.stdin.isatty():
+        print("chat: one question per line; /reset starts over, /system TEXT sets the system prompt "
+              "(Ctrl-D to end)", file=sys.stderr)
+    for line in sys.stdin:
+        line = clean_text(line).strip()
+        if not line:
+            continue
+        if line == "/reset":
+            history = []
+            print("(conversación nueva)", flush=True)
+        elif line.split()[0] == "/system":
+            if tok.sys_id is None:
+                print("[error] this model's vocabulary has no <sys>: no system prompt", flush=True)
+                continue
+            system, history = line[len("/system"):].strip(), []
+            print(f"(sistema: {system or 'ninguno'}; conversación nueva)", flush=True)
+        elif why := prompt_problem(line):
+            print(f"[error] {why}", flush=True)
+        else:
+            history.append((line, answer(line, history, one_line=True).strip()))
+elif ckpt["kind"] == "instr":
     if prompt:
         questions = [prompt]
     else:
@@ -66,20 +118,12 @@ if ckpt["kind"] == "instr":
         questions = [line for line in sys.stdin if line.strip()]
         if not questions:
             fail("no --prompt given and nothing on stdin")
-    for q in questions:
-        q = clean_prompt(q)
-        new, dec = [], StreamDecoder(tok)  # holds a character's bytes until BPE has written all of them
-        for i in answer_ids(model, tok, q, max_new_tokens, temp, top_k, gen):
-            new.append(i)
-            print(dec.add(i), end="", flush=True)  # <eos> and the other specials print nothing
-        print(dec.flush())
-        if show_raw:  # what the model read and wrote, from its ids: <instr> prompt <resp> answer [<eos>]
-            ids, _ = prompt_ids(tok, q, model.config.block_size, max_new_tokens)
-            print("[raw] " + tok.decode(ids + new, specials=True))
+    for q in questions:  # each answered alone
+        answer(clean_prompt(q))
 else:
-    if prompt:
+    if prompt or chat or system:
         fail(f"{out_dir} holds a pretrained model, which continues text: use --start=... "
-             f"(--prompt needs an instruction model, e.g. --out_dir=out-instr)")
+             f"(--prompt, --chat and --system need an instruction model, e.g. --out_dir=out-instr)")
     if start.startswith("FILE:"):
         try:
             with open(start[5:], encoding="utf-8") as f:
