@@ -278,10 +278,11 @@ def pad_batch(seqs, value):
 def prompt_ids(tok, prompt, block_size, max_new_tokens, history=(), system=""):
     """What an instruction model sees for a prompt: the chat template (tokenizer.encode_chat: the
     system prompt, earlier turns, <instr> prompt <resp>), oldest turns dropped and then the prompt cut
-    from the left if needed so that an answer of max_new_tokens still fits the window.
-    Returns (ids, tokens cut, turns dropped)."""
+    from the left if needed so that an answer of max_new_tokens (at most a quarter of the window: the
+    conversation matters more than room for an answer that long, which slides the window if
+    it comes) still fits. Returns (ids, tokens cut, turns dropped)."""
     ids, dropped, cut = tok.encode_chat(prompt, history, system,
-                                        max_len=max(block_size // 2, block_size - max_new_tokens))
+                                        max_len=block_size - min(max_new_tokens, block_size // 4))
     return ids, cut, dropped
 
 

@@ -92,7 +92,7 @@ def instruction_rows(split="test"):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def build_tiny_checkpoints(root, steps=150, seed=0):
+def build_tiny_checkpoints(root, steps=150, seed=0, block_size=128):
     """root/out-instr (trained a little on the three facts), root/out-instr-b (untrained) and
     root/out-pre (a 'pretrain' checkpoint the app must not list). Memoized per root."""
     if root in _BUILT:
@@ -105,7 +105,7 @@ def build_tiny_checkpoints(root, steps=150, seed=0):
             texts += [r["prompt"], r["response"]]
     tok = CharTokenizer.from_texts(texts)
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=32)
+    cfg = GPTConfig(vocab_size=len(tok), block_size=block_size, n_layer=2, n_head=2, n_embd=32)
     model = GPT(cfg)
     facts = {}
     for r in instruction_rows("train"):  # the shortest prompt of each kind (fits block_size 128)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, free_port, streamlit_server, wait_health
+from conftest import ROOT, build_tiny_checkpoints, free_port, streamlit_server, wait_health
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
                              shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
@@ -31,8 +31,11 @@ def _browser_or_skip():
     return sync_playwright
 
 
-def test_chat_in_a_real_browser(out_root, tmp_path):
+def test_chat_in_a_real_browser(tmp_path):
     sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+    # a window of 256 tokens: room for the earlier turns of the conversation below
+    out_root = build_tiny_checkpoints(str(tmp_path / "ckpts"), block_size=256)
     port = free_port()
     args = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
             f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
@@ -63,11 +66,22 @@ def test_chat_in_a_real_browser(out_root, tmp_path):
                 box.press("Enter")
                 page.get_by_text("tokens/s").first.wait_for()
                 msgs = page.get_by_test_id("stChatMessage")
-                assert msgs.count() == 4
+                expect(msgs).to_have_count(4)  # (retried: a rerun may briefly show the old elements too)
                 assert "modelo" in msgs.nth(3).inner_text()
+                assert "con 1 turno(s) anteriores" in msgs.nth(3).inner_text()  # the FAQ turn is context
+
+                # a follow-up: the earlier turn goes into the model's prompt (the raw trace shows it)
+                page.get_by_text("Mostrar traza cruda").click()
+                box.fill("¿Y los perros?")
+                box.press("Enter")
+                expect(msgs).to_have_count(6)
+                page.get_by_test_id("stChatMessage").nth(5).get_by_test_id("stCode").wait_for()
+                trace = msgs.nth(5).get_by_test_id("stCode").inner_text()
+                assert "<instr>¿Cuál es la capital de Costa Rica?<resp>" in trace and \
+                    trace.split("<eos>")[-1].startswith("<instr>¿Y los perros?<resp>"), trace
 
                 # look inside: the expander under the model's answer, with its heatmap
-                page.get_by_text("Mirar dentro de esta respuesta").click()
+                page.get_by_text("Mirar dentro de esta respuesta").last.click()  # (the last answer's)
                 page.get_by_role("tab", name="Atención").wait_for()
                 page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg") \
                     .first.wait_for()

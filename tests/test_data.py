@@ -99,7 +99,7 @@ def test_prepared_vocabulary_covers_every_shipped_character(tmp_path):
             else:
                 text = open(path, encoding="utf-8").read()
             if path.endswith(".jsonl"):
-                text = "".join(v for line in text.splitlines() for v in json.loads(line).values())
+                text = "".join(json.dumps(json.loads(line), ensure_ascii=False) for line in text.splitlines())
             missing = set(text) - vocab - {"\n"}
             assert not missing, (path, missing)
 
@@ -135,3 +135,30 @@ def test_books_match_their_documented_checksums():
         row = re.search(rf"^\| `?{re.escape(name)}`? \|.*$", card, re.M)
         assert row, f"{name} is not listed in data/README.md"
         assert hashlib.sha256(open(path, "rb").read()).hexdigest() in row.group(0), name
+
+
+def test_chat_files_need_their_context_and_share_nothing_with_training():
+    """chat_{train,test}.jsonl (data/es/instructions/make_chat.py): follow-ups after 1-3 turns, context
+    turns to ignore, checkable system prompts; the test conversations share no question (final or
+    earlier) with any training file, and the generator rebuilds the shipped files exactly."""
+    import importlib.util
+    chat_train, chat_test = read_jsonl("chat_train.jsonl"), read_jsonl("chat_test.jsonl")
+    for r in chat_train + chat_test:
+        assert set(r) == {"system", "history", "prompt", "response", "kind"}
+        assert all(len(t) == 2 and t[0].strip() and t[1].strip() for t in r["history"])
+        group = r["kind"].split("/")[0]
+        assert group in ("followup", "context", "system")
+        assert (group == "system") == bool(r["system"]) and (group == "system" or 1 <= len(r["history"]) <= 3)
+    counts = collections.Counter(r["kind"].split("/")[0] for r in chat_test)
+    assert counts["followup"] >= 80 and counts["system"] >= 60 and counts["context"] >= 20
+    assert {r["kind"] for r in chat_test if r["kind"].startswith("followup/")} == {
+        "followup/fact:perro", "followup/fact:gato", "followup/fact:capital", "followup/abstain"}
+    training = {norm(r["prompt"]) for r in read_jsonl("train.jsonl") + chat_train}
+    training |= {norm(q) for r in chat_train for q, _ in r["history"]}
+    assert not [r["prompt"] for r in chat_test if norm(r["prompt"]) in training]
+    assert not [q for r in chat_test for q, _ in r["history"] if norm(q) in training]
+    spec = importlib.util.spec_from_file_location("make_chat", os.path.join(ES, "instructions", "make_chat.py"))
+    make_chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_chat)
+    import random
+    assert make_chat.build("test", random.Random(2)) == chat_test

@@ -1,0 +1,140 @@
+"""
+Writes chat_train.jsonl and chat_test.jsonl: conversations whose last question needs the earlier
+turns (follow-ups), earlier turns that must be ignored (context), and system prompts whose effect is
+checkable (system). Run from the repository root:  python data/es/instructions/make_chat.py
+
+Every phrasing below was written for this project. The first turns come from train.jsonl (for
+chat_train) or test.jsonl (for chat_test); follow-ups, countries, animals, yes/no questions and
+system prompts have separate train and test lists, so no final question is shared after
+normalization. Each line: {"system", "history": [[question, answer], ...], "prompt", "response",
+"kind"}, kind = group/judged kind (followup/fact:gato, context/abstain, system/yesno, ...).
+"""
+import json
+import os
+import random
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+rows = {s: [json.loads(line) for line in open(os.path.join(HERE, f"{s}.jsonl"), encoding="utf-8")]
+        for s in ("train", "test")}
+ANSWER = {r["kind"]: r["response"] for r in rows["train"]}  # one answer per kind
+PERRO, GATO, CAPITAL, ABSTAIN = (ANSWER[k] for k in ("fact:perro", "fact:gato", "fact:capital", "abstain"))
+
+PHRASES = {
+    "train": {
+        "fu_gato": ["¿Y los gatos?", "¿Y el gato?", "¿Y qué me dices de los gatos?", "¿Y los gatos qué son?",
+                    "¿Y en el caso del gato?", "y los gatos?", "¿Y un gato?", "¿Y los gatos, de qué familia son?",
+                    "¿Y mi gata?", "¿Y el gato doméstico qué es?", "¿Y las gatas?", "Y el gato, ¿qué es?"],
+        "fu_perro": ["¿Y los perros?", "¿Y el perro?", "¿Y qué me dices de los perros?", "¿Y los perros qué son?",
+                     "¿Y en el caso del perro?", "y los perros?", "¿Y un perro?", "¿Y los perros, de qué familia son?",
+                     "¿Y mi perra?", "¿Y el perro doméstico qué es?", "¿Y las perras?", "Y el perro, ¿qué es?"],
+        "countries": ["Panamá", "Nicaragua", "Honduras", "Chile", "Perú", "Bolivia", "Colombia", "México",
+                      "Argentina", "Venezuela", "Francia", "Italia", "Japón", "Canadá", "Guatemala", "España"],
+        "fu_country": ["¿Y la de {c}?", "¿Y la capital de {c}?", "¿Y la de {c} cuál es?", "¿Y en el caso de {c}?",
+                       "¿Y {c}?", "y la de {c}?"],
+        "ask_capital": ["¿Cuál es la capital de {c}?", "¿Qué ciudad es la capital de {c}?", "capital de {c}?",
+                        "¿Me dices la capital de {c}?"],
+        "fu_cr": ["¿Y la de Costa Rica?", "¿Y la capital de Costa Rica?", "¿Y la de Costa Rica cuál es?",
+                  "¿Y en el caso de Costa Rica?", "¿Y Costa Rica?", "y la de costa rica?"],
+        "animals": [("los", "caballos"), ("las", "vacas"), ("los", "conejos"), ("los", "loros"), ("los", "ratones"),
+                    ("las", "tortugas"), ("las", "cabras"), ("los", "patos"), ("los", "delfines"), ("las", "abejas")],
+        "fu_animal": ["¿Y {art} {a}?", "¿Y qué me dices de {art} {a}?", "¿Y {art} {a} qué son?",
+                      "¿Y en el caso de {art} {a}?"],
+        "sys_yesno": ["Responde solo sí o no.", "Contesta únicamente con sí o no.", "Solo puedes responder sí o no.",
+                      "Responde con sí o con no."],
+        "yes": ["¿Los perros son caninos?", "¿El perro es un cánido?", "¿Es el perro un canino?",
+                "¿Pertenece el perro a la familia de los cánidos?", "¿Los perros son de la familia Canidae?",
+                "¿Los gatos son felinos?", "¿El gato es un félido?", "¿Es el gato de los felinos?",
+                "¿Pertenece el gato a la familia de los félidos?", "¿Los gatos son de la familia Felidae?",
+                "¿San José es la capital de Costa Rica?", "¿Es San José la capital de Costa Rica?",
+                "¿La capital de Costa Rica es San José?", "¿La capital costarricense es San José?"],
+        "no": ["¿Los perros son felinos?", "¿El perro es un félido?", "¿Los gatos son caninos?", "¿El gato es un cánido?",
+               "¿Es Cartago la capital de Costa Rica?", "¿Es Puntarenas la capital de Costa Rica?",
+               "¿Es Alajuela la capital de Costa Rica?", "¿Los perros son de la familia Felidae?"],
+        "unknown_yn": ["¿Los caballos son équidos?", "¿Es Lima la capital de Perú?", "¿Las vacas son rumiantes?",
+                       "¿Es Quito la capital de Ecuador?", "¿Los delfines son mamíferos?", "¿Es Roma la capital de Italia?"],
+        "sys_brief": ["Responde en una sola palabra.", "Sé muy breve.", "Responde de forma muy corta.",
+                      "Contesta en pocas palabras."],
+    },
+    "test": {
+        "fu_gato": ["¿Qué hay de los gatos?", "¿Y respecto a los gatos?", "¿Y los gatitos?", "¿Y en cuanto al gato?",
+                    "¿Y los gatos caseros?", "¿Y qué pasa con el gato?"],
+        "fu_perro": ["¿Qué hay de los perros?", "¿Y respecto a los perros?", "¿Y los perritos?",
+                     "¿Y en cuanto al perro?", "¿Y los perros caseros?", "¿Y qué pasa con el perro?"],
+        "countries": ["Uruguay", "Ecuador", "Cuba", "Paraguay", "Portugal", "Alemania", "El Salvador", "Brasil"],
+        "fu_country": ["¿Qué hay de la de {c}?", "¿Y cuál es la de {c}?", "¿Y para {c}?", "¿Y respecto a {c}?"],
+        "ask_capital": ["¿Sabes cuál es la capital de {c}?", "¿Cuál es la ciudad capital de {c}?"],
+        "fu_cr": ["¿Qué hay de la de Costa Rica?", "¿Y cuál es la de Costa Rica?", "¿Y para Costa Rica?",
+                  "¿Y respecto a Costa Rica?"],
+        "animals": [("las", "ovejas"), ("los", "cerdos"), ("las", "ranas"), ("los", "búhos"), ("las", "ardillas")],
+        "fu_animal": ["¿Qué hay de {art} {a}?", "¿Y respecto a {art} {a}?"],
+        "sys_yesno": ["Responde con un sí o un no, nada más.", "Di solamente sí o no."],
+        "yes": ["¿Verdad que los perros son caninos?", "¿El perro forma parte de los cánidos?",
+                "¿Verdad que los gatos son felinos?",
+                "¿El gato forma parte de los félidos?", "¿Es San José la capital costarricense?",
+                "¿Costa Rica tiene por capital a San José?"],
+        "no": ["¿Son felinos los perros?", "¿Son caninos los gatos?", "¿Es Heredia la capital de Costa Rica?",
+               "¿El perro forma parte de los félidos?"],
+        "unknown_yn": ["¿Las ovejas son rumiantes?", "¿Es Asunción la capital de Paraguay?",
+                       "¿Los búhos son aves?"],
+        "sys_brief": ["Contesta con el mínimo de palabras.", "Respuesta corta, por favor."],
+    },
+}
+BRIEF = {"fact:perro": "Caninos.", "fact:gato": "Felinos.", "fact:capital": "San José.", "abstain": "No lo sé."}
+SIZES = {"train": {"followup": 720, "context": 220, "yesno": 260, "brief": 260},
+         "test": {"followup": 100, "context": 30, "yesno": 40, "brief": 40}}
+
+
+def build(split, rng):
+    ph, pool = PHRASES[split], {}
+    for r in rows[split]:
+        pool.setdefault(r["kind"], []).append(r["prompt"])
+    single = [(r["prompt"], r["response"]) for r in rows[split]]
+    out = []
+
+    def earlier(n):  # n unrelated single-question turns
+        return [list(rng.choice(single)) for _ in range(n)]
+
+    def add(system, history, prompt, response, kind):
+        out.append({"system": system, "history": history, "prompt": prompt, "response": response, "kind": kind})
+
+    for _ in range(SIZES[split]["followup"]):
+        pre = earlier(rng.choice([0, 0, 1, 2]))  # the follow-up refers to the last turn; 1-3 turns in all
+        case = rng.randrange(5)
+        if case < 2:  # perro -> gato, gato -> perro
+            a, b = ("fact:perro", "fact:gato") if case == 0 else ("fact:gato", "fact:perro")
+            fu = ph["fu_gato" if b == "fact:gato" else "fu_perro"]
+            add("", pre + [[rng.choice(pool[a]), ANSWER[a]]], rng.choice(fu), ANSWER[b], f"followup/{b}")
+        elif case == 2:  # capital of Costa Rica -> another country's: not known
+            c = rng.choice(ph["countries"])
+            add("", pre + [[rng.choice(pool["fact:capital"]), CAPITAL]], rng.choice(ph["fu_country"]).format(c=c),
+                ABSTAIN, "followup/abstain")
+        elif case == 3:  # another country's capital (not known) -> Costa Rica's
+            c = rng.choice(ph["countries"])
+            add("", pre + [[rng.choice(ph["ask_capital"]).format(c=c), ABSTAIN]], rng.choice(ph["fu_cr"]), CAPITAL,
+                "followup/fact:capital")
+        else:  # perro or gato -> an animal the model does not know
+            a = rng.choice(["fact:perro", "fact:gato"])
+            art, animal = rng.choice(ph["animals"])
+            add("", pre + [[rng.choice(pool[a]), ANSWER[a]]], rng.choice(ph["fu_animal"]).format(art=art, a=animal),
+                ABSTAIN, "followup/abstain")
+    for _ in range(SIZES[split]["context"]):  # a complete question after unrelated turns: answer it alone
+        kind = rng.choice(["fact:perro", "fact:gato", "fact:capital", "abstain"])
+        add("", earlier(rng.choice([1, 2, 3])), rng.choice(pool[kind]), ANSWER[kind], f"context/{kind}")
+    for _ in range(SIZES[split]["yesno"]):
+        group = rng.choice(["yes", "yes", "no", "unknown_yn"])
+        add(rng.choice(ph["sys_yesno"]), earlier(rng.choice([0, 0, 1])), rng.choice(ph[group]),
+            {"yes": "Sí.", "no": "No.", "unknown_yn": "No lo sé."}[group], "system/yesno")
+    for _ in range(SIZES[split]["brief"]):
+        kind = rng.choice(["fact:perro", "fact:gato", "fact:capital", "abstain"])
+        add(rng.choice(ph["sys_brief"]), earlier(rng.choice([0, 0, 1])), rng.choice(pool[kind]), BRIEF[kind],
+            "system/brief")
+    return out
+
+
+if __name__ == "__main__":
+    for split, seed in (("train", 1), ("test", 2)):
+        data = build(split, random.Random(seed))
+        path = os.path.join(HERE, f"chat_{split}.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in data)
+        print(f"{path}: {len(data)} conversations")

@@ -1,0 +1,157 @@
+"""Chat V2: the one chat template (layout, truncation at turn boundaries, the loss mask), a model
+that uses the earlier turns and the system prompt, from finetune_instr's evaluation, sample.py
+--chat through a pipe (/reset, /system) and the app (history toggle, system prompt, the
+Clasificar tab)."""
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT, assert_one_line_error, run, run_many
+from tokenizer import BASE_CHARS, SPECIALS, CharTokenizer, instruction_example
+
+PERRO, GATO, NOSE = "Los perros son caninos.", "Los gatos son felinos.", "No lo sé."
+SYS = "Responde solo sí o no."
+# (system, history, prompt, response, kind): "¿Y los gatos?" means the cat question only after the dog one
+CONVERSATIONS = [
+    ("", [], "¿Los perros son caninos?", PERRO, "fact:perro"),
+    ("", [], "¿Y los gatos?", NOSE, "abstain"),
+    ("", [["¿Los perros son caninos?", PERRO]], "¿Y los gatos?", GATO, "followup/fact:gato"),
+    ("", [["¿Qué hora es?", NOSE], ["¿Los perros son caninos?", PERRO]], "¿Y los gatos?", GATO, "followup/fact:gato"),
+    (SYS, [], "¿Los perros son caninos?", "Sí.", "system/yesno"),
+    ("", [], "¿Qué hora es?", NOSE, "abstain"),
+]
+
+
+def test_template_layout_and_truncation_at_turn_boundaries():
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    history = [("q1", "a1"), ("q2", "a2")]
+    ids, dropped, cut = tok.encode_chat("q3", history, "sé breve", response="a3")
+    assert tok.decode(ids, specials=True) == "<sys>sé breve<instr>q1<resp>a1<eos><instr>q2<resp>a2<eos><instr>q3<resp>a3<eos>"
+    assert (dropped, cut) == (0, 0) and ids[0] == tok.sys_id == SPECIALS.index("<sys>")
+    assert tok.encode_chat("q3")[0] == tok.encode_instruction("q3")[0]  # no system, no turns: single-question form
+    full = len(ids)
+    ids, dropped, cut = tok.encode_chat("q3", history, "sé breve", response="a3", max_len=full - 1)
+    assert tok.decode(ids, specials=True) == "<sys>sé breve<instr>q2<resp>a2<eos><instr>q3<resp>a3<eos>"  # oldest turn out
+    assert (dropped, cut) == (1, 0)
+    long_q = "x" * 40 + "¿pregunta?"
+    ids, dropped, cut = tok.encode_chat(long_q, history, "sé breve", max_len=30)
+    text = tok.decode(ids, specials=True)
+    assert dropped == 2 and text.startswith("<sys>sé breve<instr>x") and text.endswith("¿pregunta?<resp>")
+    assert len(ids) == 30 and cut == len(long_q) - (30 - 1 - 8 - 2)  # the question keeps its end
+    # the loss covers the last answer and <eos> only, never the earlier turns
+    x, y, _ = instruction_example(tok, "q3", "a3", 64, history, "sé breve")
+    assert [t for t in y if t != -100] == tok.encode("a3") + [tok.eos_id]
+    old = CharTokenizer(SPECIALS[:5] + list("abc"))  # a vocabulary from before <sys>
+    assert old.sys_id is None and old.encode_chat("ab", [("a", "b")])[0][0] == old.instr_id
+    with pytest.raises(ValueError, match="no <sys>"):
+        old.encode_chat("ab", system="a")
+
+
+@pytest.fixture(scope="module")
+def chat_root(tmp_path_factory):
+    """out-chat: a small model trained (in-process, full batch) on CONVERSATIONS through the template;
+    out-cls: a classifier on it (finetune_cls.py, a few steps); chat.jsonl: the same conversations."""
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig, pad_batch
+    root = tmp_path_factory.mktemp("chat")
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    cfg = GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=64)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    pairs = [instruction_example(tok, p, r, 129, [tuple(t) for t in h], s)[:2] for s, h, p, r, _ in CONVERSATIONS]
+    x, y = pad_batch([a for a, _ in pairs], tok.pad_id), pad_batch([b for _, b in pairs], -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    os.makedirs(root / "out-chat")
+    save_checkpoint({"kind": "instr", "model_args": cfg.__dict__, "model": model.state_dict(), **tok.state()},
+                    str(root / "out-chat" / "ckpt.pt"))
+    with open(root / "chat.jsonl", "w", encoding="utf-8") as f:
+        for s, h, p, r, k in CONVERSATIONS:
+            f.write(json.dumps({"system": s, "history": h, "prompt": p, "response": r, "kind": k}, ensure_ascii=False) + "\n")
+    p = run("finetune_cls.py", "--init_from=out-chat", "--out_dir=out-cls", "--max_iters=4", "--eval_interval=2",
+            "--batch_size=8", "--device=cpu", f"--data={os.path.join(ROOT, 'data', 'es', 'sentiment')}", cwd=root)
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+def test_evaluation_uses_history_and_system_from_the_cli(chat_root):
+    p = run("finetune_instr.py", "--eval_only=True", "--out_dir=out-chat", "--test_data=chat.jsonl", cwd=chat_root)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines() if line.strip()}
+    assert rows["followup/fact:gato"][1:3] == ["2", "2"] and rows["system/yesno"][1:3] == ["1", "1"]
+    assert rows["followup"][2:4] == ["2", "2"] and rows["overall"][1:3] == ["6", "6"]
+    answers = [json.loads(line) for line in open(chat_root / "out-chat" / "eval_answers.jsonl", encoding="utf-8")]
+    assert [a["turns"] for a in answers] == [0, 0, 1, 2, 0, 0] and answers[4]["system"] == SYS
+
+
+def test_terminal_chat_through_a_pipe(chat_root):
+    lines = ["¿Los perros son caninos?", "¿Y los gatos?", "/reset", "¿Y los gatos?", f"/system {SYS}",
+             "¿Los perros son caninos?", "x" * 600]
+    p = run("sample.py", "--out_dir=out-chat", "--chat=True", "--device=cpu", cwd=chat_root, input="\n".join(lines) + "\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [PERRO, GATO, "(conversación nueva)", NOSE,
+                                     f"(sistema: {SYS}; conversación nueva)", "Sí.",
+                                     "[error] prompt of 600 characters is longer than max_prompt_chars=500"]
+    one, pre = run_many([("sample.py", "--out_dir=out-chat", f"--system={SYS}", "--prompt=¿Los perros son caninos?",
+                          "--device=cpu"),
+                         ("sample.py", "--out_dir=out-cls", "--chat=True")], cwd=chat_root)
+    assert one.returncode == 0 and one.stdout.strip() == "Sí.", one.stderr
+    assert "instr" in assert_one_line_error(pre)
+
+
+def app_at(root, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("LLMFS_OUT_ROOT", str(root))
+    monkeypatch.setenv("LLMFS_DEVICE", "cpu")
+    at = AppTest.from_file(os.path.join(ROOT, "app.py"), default_timeout=60).run()
+    at.toggle(key="faq").set_value(False).run()
+    return at
+
+
+def ask(at, text):
+    at.chat_input[0].set_value(text).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at.session_state["messages"][-1]
+
+
+def test_app_keeps_the_conversation_and_the_system_prompt(chat_root, monkeypatch):
+    at = app_at(chat_root, monkeypatch)
+    at.toggle(key="raw").set_value(True).run()
+    assert ask(at, "¿Los perros son caninos?")["content"] == PERRO
+    m = ask(at, "¿Y los gatos?")
+    assert m["content"] == GATO and m["turns"] == 1
+    assert m["raw"] == f"<instr>¿Los perros son caninos?<resp>{PERRO}<eos><instr>¿Y los gatos?<resp>{GATO}<eos>"
+    at.toggle(key="history").set_value(False).run()  # each question alone
+    assert ask(at, "¿Y los gatos?")["content"] == NOSE
+    at.toggle(key="history").set_value(True).run()
+    at.button(key="new_chat").click().run()
+    assert at.session_state["messages"] == []
+    assert ask(at, "¿Y los gatos?")["content"] == NOSE  # a new conversation has no dog turn
+    at.button(key="new_chat").click().run()
+    at.text_area(key="system").input(SYS).run()
+    m = ask(at, "¿Los perros son caninos?")
+    assert m["content"] == "Sí." and m["raw"].startswith(f"<sys>{SYS}<instr>¿Los perros son caninos?<resp>")
+
+
+def test_app_classification_tab(chat_root, monkeypatch):
+    at = app_at(chat_root, monkeypatch)
+    assert [t.label for t in at.tabs][:2] == [":material/forum: Chat", ":material/label: Clasificar"]
+    at.text_area(key="cls_text").input("El producto llegó roto y nadie responde.").run()
+    at.button(key="cls_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    r = at.session_state["cls_result"]
+    assert r["checkpoint"] == "out-cls" and set(r["probs"]) == {"negativo", "positivo"}
+    assert abs(sum(r["probs"].values()) - 1) < 1e-5 and r["label"] == max(r["probs"], key=r["probs"].get)
+    from finetune_cls import classify, load_classifier
+    ckpt, clf, tok = load_classifier(str(chat_root / "out-cls"), "cpu", cli=False)
+    assert classify(clf, tok, ["El producto llegó roto y nadie responde."])[0].tolist() == pytest.approx(
+        [r["probs"][k] for k in ckpt["labels"]], abs=1e-5)
+    at.text_area(key="cls_text").input("   ").run()
+    at.button(key="cls_go").click().run()
+    assert any("Escribe un texto" in w.value for w in at.warning)
