@@ -11,9 +11,11 @@ An OpenAI-compatible HTTP server for the checkpoints this kit trains (FastAPI + 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (instruction checkpoints),
 POST /v1/completions (raw continuation; any checkpoint). A model's id is its out_dir as given.
 
-Chat: until the kit has a multi-turn template, the model answers the last user message (system and
-earlier turns are accepted and checked, not yet used). Extra fields: "top_k", and "faq": true to
-answer the three known facts from the app's FAQ table (app.match_faq, imported).
+Chat: the messages go through the kit's chat template (tokenizer.encode_chat): the system
+messages become the system prompt, earlier user/assistant pairs the turns (oldest dropped first if
+they do not fit), the last user message the question. Extra fields: "top_k", and "faq": true to
+answer the three known facts from the app's FAQ table (app.match_faq, imported; only for a
+question that is unambiguous alone).
 
 Concurrency: generation runs on `workers` threads, off the event loop. Requests beyond
 workers + queue_size in flight are refused at once with 429 and Retry-After. A streaming client that
@@ -125,27 +127,35 @@ def sampling(body):
     }
 
 
-def checked_prompt(text, entry, instr):
-    """Prompt text -> token ids the model reads (the instruction format for chat), or a 400 if too long."""
+def checked_prompt(text, entry, instr, history=(), system="", max_tokens=0):
+    """Prompt text -> token ids the model reads (for chat: the chat template with the earlier turns and
+    the system prompt), or a 400 if the question (with the system prompt) cannot be read whole."""
+    from model import prompt_ids
     from tokenizer import clean_text
     text = clean_text(text)
     if instr:
         text = text.strip()
     if not text:
         raise APIError(400, "the prompt is empty", code="empty_prompt", param="messages" if instr else "prompt")
-    if len(text) > max_prompt_chars:
-        raise APIError(400, f"the prompt has {len(text)} characters; the limit is {max_prompt_chars}",
-                       code="prompt_too_long")
+    if len(text) + len(system) + sum(len(q) + len(a) for q, a in history) > max_prompt_chars:
+        raise APIError(400, f"the messages hold more than {max_prompt_chars} characters", code="prompt_too_long")
     tok, bs = entry["tok"], entry["model"].config.block_size
-    ids = tok.encode_instruction(text)[0] if instr else tok.encode(text)
+    if system and tok.sys_id is None:
+        raise APIError(400, "this model's vocabulary has no <sys> token (it predates system prompts): "
+                            "send no system message", code="system_not_supported", param="messages")
+    ids = tok.encode_chat(text, (), system)[0] if instr else tok.encode(text)
     if len(ids) >= bs:
         raise APIError(400, f"the prompt is {len(ids)} tokens; this model reads at most {bs - 1} before answering",
                        code="prompt_too_long")
+    if instr and history:  # the earlier turns that fit (oldest dropped first)
+        ids = prompt_ids(tok, text, bs, max_tokens, history, system)[0]
     return text, ids
 
 
 def chat_prompt(body):
-    """The text to answer from a chat request's messages (the last user message, for now)."""
+    """(question, earlier turns, system prompt) from a chat request's messages: the system messages
+    joined, user/assistant pairs in order (a user message with no answer after it pairs with ''),
+    and the last message, which must be the user's."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list", code="empty_messages", param="messages")
@@ -163,7 +173,21 @@ def chat_prompt(body):
             raise APIError(400, f"messages[{i}].content must be a string", code="invalid_content")
     if messages[-1]["role"] != "user":
         raise APIError(400, "the last message must be the user's", code="invalid_role", param="messages")
-    return messages[-1]["content"]
+    from tokenizer import clean_text
+    system = " ".join(clean_text(m["content"]).strip() for m in messages if m["role"] == "system").strip()
+    turns, pending = [], None
+    for m in messages[:-1]:
+        text = clean_text(m["content"]).strip()
+        if m["role"] == "user":
+            if pending is not None:
+                turns.append((pending, ""))
+            pending = text
+        elif m["role"] == "assistant":
+            turns.append((pending or "", text))
+            pending = None
+    if pending is not None:
+        turns.append((pending, ""))
+    return messages[-1]["content"], tuple(turns), system
 
 
 # --------------------------------------------------------------------------- generation (worker threads)
@@ -349,9 +373,9 @@ def create_app(server, key=""):
             raise APIError(400, f"'{name}' is a pretrained model, which continues text: use /v1/completions "
                                 f"(chat needs an instruction checkpoint from finetune_instr.py)",
                            code="model_not_chat", param="model")
-        question = chat_prompt(body)
+        question, history, system = chat_prompt(body)
         s = sampling(body)
-        text, ids = checked_prompt(question, entry, instr=True)
+        text, ids = checked_prompt(question, entry, True, history, system, s["max_tokens"])
         faq_text = None
         if field(body, "faq", bool, False):
             from app import FAQ, match_faq

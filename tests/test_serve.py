@@ -68,8 +68,7 @@ def health(port):
 def test_chat_streamed_and_not(server):
     c = client(server)
     q = "¿Cuál es la capital de Costa Rica?"
-    r = c.chat.completions.create(model="out-instr", messages=[
-        {"role": "system", "content": "Responde en español."}, {"role": "user", "content": q}], temperature=0)
+    r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}], temperature=0)
     assert r.choices[0].message.content == PRESETS[q] and r.choices[0].finish_reason == "stop"
     assert r.object == "chat.completion" and r.model == "out-instr"
     assert r.usage.prompt_tokens == len(q) + 2 and r.usage.completion_tokens == len(PRESETS[q]) + 1  # + <eos>
@@ -79,6 +78,14 @@ def test_chat_streamed_and_not(server):
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == PRESETS[q]
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    # earlier turns and the system prompt go through the chat template: the prompt is all of them
+    from tokenizer import BASE_CHARS, CharTokenizer
+    tok = CharTokenizer.from_texts([BASE_CHARS])
+    history = [("¿Qué tipo de animal es el gato?", PRESETS["¿Qué tipo de animal es el gato?"])]
+    r = c.chat.completions.create(model="out-instr", temperature=0, max_tokens=10, messages=[
+        {"role": "system", "content": "Sé breve."}, {"role": "user", "content": history[0][0]},
+        {"role": "assistant", "content": history[0][1]}, {"role": "user", "content": q}])
+    assert r.usage.prompt_tokens == len(tok.encode_chat(q, history, "Sé breve.")[0])
     status, headers, text = post(server, "/v1/chat/completions", {
         "model": "out-instr", "messages": [{"role": "user", "content": q}], "temperature": 0, "stream": True})
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
