@@ -34,8 +34,8 @@ USER 1000:1000
 # otherwise mount a trained out-instr/ at run time (see the top of this file)
 ARG TRAIN_DEMO=0
 RUN if [ "$TRAIN_DEMO" = "1" ]; then \
-        python prepare.py \
-        && python train.py config/pretrain_char.py \
+        python prepare.py --tokenizer=bpe --vocab_size=2048 \
+        && python train.py config/pretrain_bpe.py \
         && python finetune_instr.py config/finetune_instr.py; \
     fi
 

@@ -1,5 +1,5 @@
-# make demo: venv -> prepare -> pretrain -> bits per byte on a held-out book -> instruction finetune
-# (+ evaluation) -> classification (from the shipped backbone) -> answers
+# make demo: venv -> prepare (byte-level BPE, 2,048 tokens) -> pretrain -> bits per byte on a held-out
+# book -> instruction finetune (+ evaluation: single questions and conversations) -> classification -> answers
 # make test: the whole test suite (CPU, a few minutes)
 PY := .venv/bin/python
 PIP := .venv/bin/pip
@@ -14,14 +14,15 @@ PIP := .venv/bin/pip
 venv: .venv/.installed
 
 demo: .venv/.installed
-	$(PY) prepare.py
-	$(PY) train.py config/pretrain_char.py --overwrite=True
+	$(PY) prepare.py --tokenizer=bpe --vocab_size=2048
+	$(PY) train.py config/pretrain_bpe.py --overwrite=True
 	$(PY) evaluate.py --out_dir=out,pretrained/es-char-6x256 --text=data/es/heldout/pg13507.txt --max_chars=40000
 	$(PY) sample.py --start="El perro es" --max_new_tokens=300
 	$(PY) finetune_instr.py config/finetune_instr.py --overwrite=True
 	$(PY) finetune_cls.py config/finetune_cls.py --overwrite=True
 	@for q in "¿Los perros son caninos?" "¿Los gatos son felinos?" "¿Cuál es la capital de Costa Rica?"; do \
 		echo "> $$q"; $(PY) sample.py --out_dir=out-instr --prompt="$$q"; done
+	printf '¿Los perros son caninos?\n¿Y los gatos?\n' | $(PY) sample.py --out_dir=out-instr --chat=True
 
 # the shipped backbone pretrained/es-char-6x256/ (about 45 minutes on 2 CPU cores)
 backbone: .venv/.installed

@@ -51,6 +51,7 @@ patience = 6  # stop after this many evaluations without a better val loss
 ema = 0.99  # evaluate and save a moving average of the weights (0 = the last step's weights): it answers
 # new paraphrases better than any single step (see README)
 augment_prob = 0.3  # chance of each prompt noise (lowercase, no accents, no ¿?, a typo); 0 = off
+bucket = True  # batches of similar length (a batch is padded to its longest example); False = plain shuffle
 max_new_tokens = 120  # answer length limit when evaluating
 # architecture for init_from='scratch' (a pretrained init brings its own): config/pretrain_char.py's
 block_size = 256
@@ -208,6 +209,24 @@ def save():
 
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
 gen = torch.Generator().manual_seed(seed)
+lengths = [len(encode(e)[0]) for e in train_set]
+
+
+def shuffled_pass():
+    """The training set in a random order. With bucket=True the order is made of batches of similar
+    length: each run of 16 batches' worth of examples is sorted by length and cut into batches, and the
+    batches are shuffled. A batch is padded to its longest example, so one 150-token conversation among
+    32 short questions would make the step pay for 32 x 150 tokens: on the shipped data (mean 50
+    tokens, a random batch's longest ~140) this makes a step ~2x cheaper."""
+    order = torch.randperm(len(train_set), generator=gen).tolist()
+    if not bucket:
+        return order
+    run = batch_size * 16
+    batches = [part[j:j + batch_size] for s in range(0, len(order), run)
+               for part in [sorted(order[s:s + run], key=lengths.__getitem__)] for j in range(0, len(part), batch_size)]
+    return [i for b in torch.randperm(len(batches), generator=gen).tolist() for i in batches[b]]
+
+
 history, best, bad_evals, perm = [], float("inf"), 0, []
 t0 = time.time()
 for it in range(max_iters + 1):
@@ -229,7 +248,7 @@ for it in range(max_iters + 1):
     for group in optimizer.param_groups:
         group["lr"] = lr
     if len(perm) < batch_size:  # a fresh shuffled pass over the training set
-        perm += torch.randperm(len(train_set), generator=gen).tolist()
+        perm += shuffled_pass()
     X, Y = collate([encode(e, augment(e.prompt))[:2] for e in (train_set[i] for i in perm[:batch_size])])
     perm = perm[batch_size:]
     with ctx:

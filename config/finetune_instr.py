@@ -1,8 +1,9 @@
 # The default instruction finetune of `make demo`: out/ (pretrained) -> out-instr/,
-# then greedy evaluation on the held-out prompts of data/es/instructions/test.jsonl.
+# then greedy evaluation on the held-out prompts of test.jsonl and conversations of chat_test.jsonl.
 init_from = "out"
-data = "data/es/instructions/train.jsonl"
-test_data = "data/es/instructions/test.jsonl"
+# single questions, plus conversations (follow-ups, earlier turns to ignore, system prompts)
+data = "data/es/instructions/train.jsonl,data/es/instructions/chat_train.jsonl"
+test_data = "data/es/instructions/test.jsonl,data/es/instructions/chat_test.jsonl"
 out_dir = "out-instr"
 batch_size = 32
 max_iters = 900
