@@ -340,15 +340,23 @@ def bench_curve():
 
 def stream_once(url, body, key):
     """One streaming chat request, read as server-sent events: (seconds to the first content,
-    seconds in all, completion tokens from the usage chunk)."""
+    seconds in all, completion tokens from the usage chunk, 429s met). A 429 (the server's queue is
+    full) is retried after its Retry-After, as API clients do; the time waiting counts."""
     import http.client
     import urllib.parse
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=300)
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", json.dumps(body),
-                 {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
-    r = conn.getresponse()
+    t0, refused = time.perf_counter(), 0
+    while True:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=300)
+        conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                     {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+        r = conn.getresponse()
+        if r.status != 429:
+            break
+        refused += 1
+        r.read()
+        conn.close()
+        time.sleep(float(r.getheader("Retry-After", "1")))
     if r.status != 200:
         raise RuntimeError(f"HTTP {r.status}: {r.read().decode()[:200]}")
     first, tokens = None, 0
@@ -363,7 +371,7 @@ def stream_once(url, body, key):
             tokens = event["usage"]["completion_tokens"]
     conn.close()
     total = time.perf_counter() - t0
-    return first if first is not None else total, total, tokens
+    return first if first is not None else total, total, tokens, refused
 
 
 def bench_serve():
@@ -391,7 +399,8 @@ def bench_serve():
           f"streaming, greedy, max_tokens {max_new_tokens}")
     print(f"time to first token  p50 {pct(ttft, 50) * 1000:7.0f} ms   p95 {pct(ttft, 95) * 1000:7.0f} ms")
     print(f"total per request    p50 {pct(total, 50) * 1000:7.0f} ms   p95 {pct(total, 95) * 1000:7.0f} ms")
-    print(f"aggregate {n_tok / wall:,.0f} tokens/s ({n_tok:,} tokens in {wall:.1f} s)")
+    print(f"aggregate {n_tok / wall:,.0f} tokens/s ({n_tok:,} tokens in {wall:.1f} s); "
+          f"{sum(r[3] for r in results)} responses 429 (server full), retried after Retry-After")
 
 
 torch.set_grad_enabled(mode == "train")
