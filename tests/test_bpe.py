@@ -111,6 +111,15 @@ def bpe_run(tmp_path_factory):
     assert "characters per token" in p.stdout and f"BPE: {320 - BYTE0 - 256} merges" in p.stdout
     p = run("train.py", TINY, "--dataset=bpe", "--out_dir=out", "--max_iters=30", cwd=work)
     assert p.returncode == 0, p.stderr
+    # both finetunes from the BPE backbone, side by side
+    instr, cls = run_many([
+        ("finetune_instr.py", "--init_from=out", "--out_dir=out-instr", "--max_iters=4", "--eval_interval=2",
+         "--batch_size=8", "--test_data=", "--device=cpu",
+         f"--data={os.path.join(ROOT, 'data', 'es', 'instructions', 'train.jsonl')}"),
+        ("finetune_cls.py", "--init_from=out", "--out_dir=out-cls", "--max_iters=6", "--eval_interval=3",
+         "--batch_size=8", "--device=cpu", f"--data={os.path.join(ROOT, 'data', 'es', 'sentiment')}")], cwd=work)
+    assert instr.returncode == 0, instr.stderr
+    assert cls.returncode == 0 and "accuracy" in cls.stdout, cls.stderr
     return work
 
 
@@ -125,11 +134,9 @@ def test_bpe_prepare_writes_merges_and_a_checkpoint_trains_resumes_and_samples(b
     ck = torch.load(bpe_run / "out" / "ckpt.pt", weights_only=True)
     assert ck["tokenizer"] == "bpe" and ck["merges"] == meta["merges"] and "vocab" not in ck
     shutil.copytree(bpe_run / "out", bpe_run / "out-r")
-    resume, sample, finetune_cls, evaluate, bench = run_many([
+    resume, sample, evaluate, bench = run_many([
         ("train.py", TINY, "--dataset=bpe", "--out_dir=out-r", "--init_from=resume", "--max_iters=40"),
         ("sample.py", "--out_dir=out", "--start=El perro", "--max_new_tokens=40", "--temperature=0", "--device=cpu"),
-        ("finetune_cls.py", "--init_from=out", "--out_dir=out-cls", "--max_iters=6", "--eval_interval=3",
-         "--batch_size=8", "--device=cpu", f"--data={os.path.join(ROOT, 'data', 'es', 'sentiment')}"),
         ("evaluate.py", "--out_dir=out", "--data=bpe", "--text=corpus.txt", "--json=True", "--device=cpu"),
         ("bench.py", "--mode=sample", "--out_dir=out", "--runs=1", "--max_new_tokens=8", "--prompt_len=16"),
     ], cwd=bpe_run)
@@ -145,18 +152,10 @@ def test_bpe_prepare_writes_merges_and_a_checkpoint_trains_resumes_and_samples(b
     ids = model.generate(torch.tensor([start]), 40, temperature=0.0)[0, len(start):].tolist()
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout == "El perro" + tok.decode(ids) + "\n---------------\n"
-    assert finetune_cls.returncode == 0 and "accuracy" in finetune_cls.stdout, finetune_cls.stderr
     assert torch.load(bpe_run / "out-cls" / "ckpt.pt", weights_only=True)["merges"] == meta["merges"]
 
 
 def test_bpe_instruction_finetune_answers_and_shows_its_tokens_in_the_app(bpe_run, monkeypatch):
-    p = run("finetune_instr.py", "--init_from=out", "--out_dir=out-instr", "--max_iters=4", "--eval_interval=2",
-            "--batch_size=8", "--test_data=", "--device=cpu",
-            f"--data={os.path.join(ROOT, 'data', 'es', 'instructions', 'train.jsonl')}", cwd=bpe_run)
-    assert p.returncode == 0, p.stderr
-    p = run("sample.py", "--out_dir=out-instr", "--prompt=¿Los perros son caninos?", "--show_raw=True",
-            "--max_new_tokens=12", "--device=cpu", cwd=bpe_run)
-    assert p.returncode == 0 and p.stdout.splitlines()[-1].startswith("[raw] <instr>¿Los perros son caninos?<resp>"), p.stderr
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("LLMFS_OUT_ROOT", str(bpe_run))
     monkeypatch.setenv("LLMFS_DEVICE", "cpu")

@@ -104,7 +104,7 @@ def test_tiny_model_learns_a_small_text():
 
 def test_checkpoint_round_trip_weights_only(tmp_path):
     m = _model()
-    tok = CharTokenizer.from_texts(["abcdefghijklmnopqr"])
+    tok = CharTokenizer.from_texts(["abcdefghijklmnopq"])  # 6 specials + 17 = the 23 ids of _model()
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint({"kind": "pretrain", "model_args": vars(m.config).copy(), "model": m.state_dict(),
                      "vocab": tok.vocab, "iter_num": 3}, path)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import PRESETS, ROOT, assert_one_line_error, digest, run, run_many, trained_instr
+from conftest import PRESETS, ROOT, assert_one_line_error, digest, run_many, trained_instr
 from quantize import dequantize, pack_int4, quantize, unpack_int4
 
 
@@ -36,22 +36,30 @@ def test_int4_pack_unpack_round_trip():
     assert pack_int4(torch.tensor([[-8, 7]], dtype=torch.int8)).item() == 0x0 | (0xF << 4)  # low nibble first
 
 
-def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(tmp_path):
-    from checkpoint import load_checkpoint, model_from_checkpoint
-    from model import answer_ids
-    src = trained_instr(tmp_path / "out-instr")
-    p8, p4 = run_many([("quantize.py", f"--out_dir={src}", "--bits=8", f"--dst={tmp_path / 'q8'}"),
-                       ("quantize.py", f"--out_dir={src}", "--bits=4", "--group_size=16", f"--dst={tmp_path / 'q4'}")])
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    """root/out-instr (trained_instr), root/out-instr-int8 and root/q4 (int4, groups of 16), made by the CLI."""
+    root = tmp_path_factory.mktemp("quant")
+    src = trained_instr(root / "out-instr")
+    p8, p4 = run_many([("quantize.py", f"--out_dir={src}", "--bits=8"),
+                       ("quantize.py", f"--out_dir={src}", "--bits=4", "--group_size=16", f"--dst={root / 'q4'}")])
     assert p8.returncode == 0 and p4.returncode == 0, p8.stderr + p4.stderr
     assert "int8, per output channel" in p8.stdout and "groups of 16" in p4.stdout
-    raw = torch.load(tmp_path / "q8" / "ckpt.pt", weights_only=True)  # plain tensors and types only
+    return root
+
+
+def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(quantized, tmp_path):
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from model import answer_ids
+    src = str(quantized / "out-instr")
+    raw = torch.load(quantized / "out-instr-int8" / "ckpt.pt", weights_only=True)  # plain tensors and types only
     assert raw["quant"]["bits"] == 8 and raw["model"]["h.0.attn.c_attn.weight_q"].dtype == torch.int8
     assert "wte.weight" not in raw["model"] and "lm_head.weight" not in raw["model"]  # tied: stored once
-    assert torch.load(tmp_path / "q4" / "ckpt.pt", weights_only=True)["quant"] == {
+    assert torch.load(quantized / "q4" / "ckpt.pt", weights_only=True)["quant"] == {
         "bits": 4, "group_size": 16, "source": src}
     fp, tok = model_from_checkpoint(load_checkpoint(src))
-    q8, _ = model_from_checkpoint(load_checkpoint(str(tmp_path / "q8")))
-    q4, _ = model_from_checkpoint(load_checkpoint(str(tmp_path / "q4")))
+    q8, _ = model_from_checkpoint(load_checkpoint(str(quantized / "out-instr-int8")))
+    q4, _ = model_from_checkpoint(load_checkpoint(str(quantized / "q4")))
     assert q8.num_params() == fp.num_params() == q4.num_params()
     for q, a in PRESETS.items():
         answer = list(answer_ids(fp, tok, q, 60))
@@ -64,8 +72,8 @@ def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(tmp_p
         assert (q4(x)[0] - ref).abs().max() < 0.25 * ref.abs().max()
     # the CLI of an inference script, and the refusal of a training script
     sample, finetune = run_many([
-        ("sample.py", f"--out_dir={tmp_path / 'q4'}", "--prompt=¿Los gatos son felinos?", "--max_new_tokens=20", "--device=cpu"),
-        ("finetune_instr.py", f"--init_from={tmp_path / 'q8'}", f"--out_dir={tmp_path / 'ft'}", "--max_iters=2",
+        ("sample.py", f"--out_dir={quantized / 'q4'}", "--prompt=¿Los gatos son felinos?", "--max_new_tokens=20", "--device=cpu"),
+        ("finetune_instr.py", f"--init_from={quantized / 'out-instr-int8'}", f"--out_dir={tmp_path / 'ft'}", "--max_iters=2",
          "--device=cpu")])
     assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr
     assert "is quantized (int8): it is for inference only" in assert_one_line_error(finetune)
@@ -73,28 +81,25 @@ def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(tmp_p
 
 
 
-def test_app_answers_with_a_quantized_checkpoint_and_says_so(tmp_path, monkeypatch):
+def test_app_answers_with_a_quantized_checkpoint_and_says_so(quantized, monkeypatch):
     from streamlit.testing.v1 import AppTest
-    src = trained_instr(tmp_path / "out-instr")
-    assert run("quantize.py", f"--out_dir={src}", "--bits=8").returncode == 0  # -> out-instr-int8/
-    monkeypatch.setenv("LLMFS_OUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("LLMFS_OUT_ROOT", str(quantized))
     monkeypatch.setenv("LLMFS_DEVICE", "cpu")
     at = AppTest.from_file(os.path.join(ROOT, "app.py"), default_timeout=60).run()
     at.selectbox(key="ckpt").set_value("out-instr-int8").run()
     at.toggle(key="faq").set_value(False).run()
     at.chat_input[0].set_value("¿Cuál es la capital de Costa Rica?").run()
     assert not at.exception, [e.value for e in at.exception]
-    size = os.path.getsize(tmp_path / "out-instr-int8" / "ckpt.pt") / 1e6
+    size = os.path.getsize(quantized / "out-instr-int8" / "ckpt.pt") / 1e6
     assert any(f"cuantizado int8, {size:.2f} MB" in c.value for c in at.sidebar.caption)
     assert at.session_state["messages"][-1]["content"] == PRESETS["¿Cuál es la capital de Costa Rica?"]
 
 
-def test_quantize_bad_inputs_are_one_line_and_write_nothing(out_root, tmp_path):
-    run("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=8", f"--dst={tmp_path / 'q8'}")
-    before = digest(tmp_path)
+def test_quantize_bad_inputs_are_one_line_and_write_nothing(quantized, out_root, tmp_path):
+    before = digest(quantized), digest(tmp_path)
     bits, again, group, missing = run_many([
         ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=3", f"--dst={tmp_path / 'x'}"),
-        ("quantize.py", f"--out_dir={tmp_path / 'q8'}", "--bits=4", f"--dst={tmp_path / 'y'}"),
+        ("quantize.py", f"--out_dir={quantized / 'out-instr-int8'}", "--bits=4", f"--dst={tmp_path / 'y'}"),
         ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=4", "--group_size=12",
          f"--dst={tmp_path / 'z'}"),
         ("quantize.py", f"--out_dir={tmp_path / 'nothing'}", "--bits=8"),
@@ -103,4 +108,4 @@ def test_quantize_bad_inputs_are_one_line_and_write_nothing(out_root, tmp_path):
     assert "already quantized" in assert_one_line_error(again)
     assert "--group_size=12" in assert_one_line_error(group)
     assert "no checkpoint" in assert_one_line_error(missing)
-    assert digest(tmp_path) == before
+    assert (digest(quantized), digest(tmp_path)) == before

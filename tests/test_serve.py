@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import PRESETS, ROOT, assert_one_line_error, free_port, run
+from conftest import PRESETS, ROOT, assert_one_line_error, free_port, run, run_many
 
 openai = pytest.importorskip("openai")
 KEY = "test-key"
@@ -191,7 +191,7 @@ def test_serve_bad_start_is_one_line(trained_root):
     with socket.socket() as s:
         s.bind(("127.0.0.1", busy))
         s.listen()
-        taken = run("serve.py", "--out_dir=out-instr", f"--port={busy}", cwd=trained_root)
-    missing = run("serve.py", "--out_dir=nothing-here", f"--port={free_port()}", cwd=trained_root)
+        taken, missing = run_many([("serve.py", "--out_dir=out-instr", f"--port={busy}"),
+                                   ("serve.py", "--out_dir=nothing-here", f"--port={free_port()}")], cwd=trained_root)
     assert "cannot serve on 127.0.0.1" in assert_one_line_error(taken)
     assert "no checkpoint" in assert_one_line_error(missing)

@@ -156,7 +156,7 @@ def test_prepared_data_is_validated_and_the_last_token_is_a_target(tmp_path):
     from tokenizer import SPECIALS
     vocab = SPECIALS + list("abcdefgh")
     rng = np.random.default_rng(0)
-    ok = rng.integers(5, len(vocab), 33).tolist()  # block_size 32 + 1: exactly one window fits
+    ok = rng.integers(len(SPECIALS), len(vocab), 33).tolist()  # block_size 32 + 1: exactly one window fits
     _write_prepared(tmp_path / "data" / "edge", ok, ok, vocab)
     _write_prepared(tmp_path / "data" / "bigid", ok, ok[:-1] + [len(vocab)], vocab)
     _write_prepared(tmp_path / "data" / "size", ok, ok, vocab, {"train_tokens": 40})
@@ -168,7 +168,7 @@ def test_prepared_data_is_validated_and_the_last_token_is_a_target(tmp_path):
     # the only window of a 33-token split is tokens 0..32, whose targets end with the last token
     # (the old sampler refused this split: it never drew the last token as a target)
     assert edge.returncode == 0, edge.stderr
-    assert "token id 13, but the vocabulary has 13 entries" in assert_one_line_error(bigid)
+    assert f"token id {len(vocab)}, but the vocabulary has {len(vocab)} entries" in assert_one_line_error(bigid)
     assert "meta.json says 40 tokens" in assert_one_line_error(size)
     assert "meta.json is damaged" in assert_one_line_error(meta)
     assert not any((tmp_path / f"o-{d}").exists() for d in ("bigid", "size", "meta"))
