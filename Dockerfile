@@ -9,6 +9,9 @@
 # then open http://localhost:8501. Inside the container the server listens on 0.0.0.0 (CMD below,
 # overriding .streamlit/config.toml's 127.0.0.1) so that the published port reaches it; publishing on
 # 127.0.0.1 keeps the app local to this machine, as `streamlit run app.py` is.
+#
+# The OpenAI-compatible API (serve.py) from the same image, on 0.0.0.0 inside, published locally:
+#   docker run --rm -p 127.0.0.1:8000:8000 -v "$PWD/out-instr:/app/out-instr:ro" llmfs-app python serve.py --out_dir=out-instr --host=0.0.0.0
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -39,7 +42,8 @@ RUN if [ "$TRAIN_DEMO" = "1" ]; then \
         && python finetune_instr.py config/finetune_instr.py; \
     fi
 
-EXPOSE 8501
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://localhost:8501/_stcore/health', timeout=4).status == 200 else 1)"]
+EXPOSE 8501 8000
+# healthy when the app (8501) or the API server (8000, serve.py) answers its health endpoint
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request\ndef ok(url):\n    try:\n        return urllib.request.urlopen(url, timeout=4).status == 200\n    except Exception:\n        return False\nsys.exit(0 if ok('http://localhost:8501/_stcore/health') or ok('http://localhost:8000/health') else 1)"]
 CMD ["streamlit", "run", "app.py", "--server.address=0.0.0.0", "--server.port=8501", "--server.headless=true", "--browser.gatherUsageStats=false"]

@@ -380,16 +380,23 @@ def bench_serve():
     body = {"model": serve_model, "messages": [{"role": "user", "content": serve_prompt}], "stream": True,
             "max_tokens": max_new_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
 
+    errors = []
+
     def client(_):
-        return [stream_once(serve_url, body, api_key) for _ in range(requests)]
+        out = []
+        for _ in range(requests):
+            try:
+                out.append(stream_once(serve_url, body, api_key))
+            except (OSError, RuntimeError, ValueError) as e:  # refused, HTTP error, broken stream
+                errors.append(f"{type(e).__name__}: {e}")
+        return out
 
     t0 = time.perf_counter()
-    try:
-        with ThreadPoolExecutor(clients) as pool:
-            results = [r for rs in pool.map(client, range(clients)) for r in rs]
-    except (OSError, RuntimeError) as e:
-        fail(f"serve benchmark against {serve_url} failed: {e} (is `python serve.py` running?)")
+    with ThreadPoolExecutor(clients) as pool:
+        results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - t0
+    if not results:
+        fail(f"serve benchmark against {serve_url}: every request failed ({errors[0]}); is `python serve.py` running?")
     ttft, total = sorted(r[0] for r in results), sorted(r[1] for r in results)
 
     def pct(xs, p):
@@ -401,6 +408,9 @@ def bench_serve():
     print(f"total per request    p50 {pct(total, 50) * 1000:7.0f} ms   p95 {pct(total, 95) * 1000:7.0f} ms")
     print(f"aggregate {n_tok / wall:,.0f} tokens/s ({n_tok:,} tokens in {wall:.1f} s); "
           f"{sum(r[3] for r in results)} responses 429 (server full), retried after Retry-After")
+    print(f"errors {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    if errors:
+        fail(f"{len(errors)} of {clients * requests} requests failed")
 
 
 torch.set_grad_enabled(mode == "train")

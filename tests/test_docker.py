@@ -58,7 +58,7 @@ def test_dockerfile_contents():
     assert re.search(r"pip install .*--index-url \S+ torch==2\.13\.0", run)  # the CPU-only wheel, pinned
     users = [a for w, a in ins if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    assert one("EXPOSE") == "8501"
+    assert one("EXPOSE") == "8501 8000"  # the app, and the API server (serve.py)
     assert one("ARG").startswith("TRAIN_DEMO=")
     for cmd in ("python prepare.py --tokenizer=bpe --vocab_size=2048", "python train.py config/pretrain_bpe.py",
                 "python finetune_instr.py config/finetune_instr.py"):
@@ -66,7 +66,7 @@ def test_dockerfile_contents():
     hc = one("HEALTHCHECK")
     exec_form = json.loads(hc[hc.index("CMD") + 3:].strip())
     assert exec_form[:2] == ["python", "-c"] and "urllib" in exec_form[2] and "curl" not in hc
-    assert "http://localhost:8501/_stcore/health" in exec_form[2]
+    assert "http://localhost:8501/_stcore/health" in exec_form[2] and "http://localhost:8000/health" in exec_form[2]
     assert json.loads(one("CMD")) == ["streamlit", "run", "app.py", "--server.address=0.0.0.0",
                                       "--server.port=8501", "--server.headless=true",
                                       "--browser.gatherUsageStats=false"]
@@ -77,7 +77,9 @@ def test_container_binds_all_interfaces_and_is_published_locally():
     # reach the server, so CMD overrides it, and the documented `docker run` publishes on 127.0.0.1 only
     assert "--server.address=0.0.0.0" in json.loads(one("CMD"))
     runs = [ln for ln in open(DOCKERFILE, encoding="utf-8") if "docker run" in ln]
-    assert runs and all(" -p 127.0.0.1:8501:8501 " in ln for ln in runs), runs
+    assert runs and all(re.search(r" -p 127\.0\.0\.1:(\d+):\1 ", ln) for ln in runs), runs
+    serve = [ln for ln in runs if "serve.py" in ln]
+    assert serve and all("--host=0.0.0.0" in ln and " -p 127.0.0.1:8000:8000 " in ln for ln in serve)
 
 
 def _ignored(path, patterns):

@@ -183,6 +183,14 @@ def test_bench_serve_reports_latency_and_throughput(server):
             "--clients=2", "--requests=2", f"--api_key={KEY}", "--max_new_tokens=20")
     assert p.returncode == 0, p.stderr
     assert "time to first token" in p.stdout and "aggregate" in p.stdout and "4 requests" in p.stdout
+    assert "errors 0" in p.stdout
+    # the Dockerfile's HEALTHCHECK also passes for a container that runs serve.py (port 8000 there)
+    import json as _json
+    from test_docker import one
+    hc = one("HEALTHCHECK")
+    probe = [sys.executable if a == "python" else a.replace("localhost:8000", f"127.0.0.1:{server}")
+             for a in _json.loads(hc[hc.index("CMD") + 3:].strip())]
+    assert subprocess.run(probe, timeout=30).returncode == 0
 
 
 def test_serve_bad_start_is_one_line(trained_root):
