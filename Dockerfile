@@ -38,7 +38,7 @@ USER 1000:1000
 ARG TRAIN_DEMO=0
 RUN if [ "$TRAIN_DEMO" = "1" ]; then \
         python prepare.py --tokenizer=bpe --vocab_size=2048 \
-        && python train.py config/pretrain_bpe.py \
+        && python train.py config/pretrain_char.py config/pretrain_bpe.py \
         && python finetune_instr.py config/finetune_instr.py; \
     fi
 

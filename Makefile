@@ -15,7 +15,7 @@ venv: .venv/.installed
 
 demo: .venv/.installed
 	$(PY) prepare.py --tokenizer=bpe --vocab_size=2048
-	$(PY) train.py config/pretrain_bpe.py --overwrite=True
+	$(PY) train.py config/pretrain_char.py config/pretrain_bpe.py --overwrite=True
 	$(PY) evaluate.py --out_dir=out,pretrained/es-char-6x256 --text=data/es/heldout/pg13507.txt --max_chars=40000
 	$(PY) sample.py --start="El perro es" --max_new_tokens=300
 	$(PY) finetune_instr.py config/finetune_instr.py --overwrite=True

@@ -344,7 +344,8 @@ def _faq_cli(argv):
 # -----------------------------------------------------------------------------------------
 # checkpoints: every out*/ckpt.pt of kind 'instr' under LLMFS_OUT_ROOT (default: next to app.py)
 AVATARS = {"user": ":material/person:", "assistant": ":material/smart_toy:"}
-TRAIN_COMMANDS = ["python prepare.py --tokenizer=bpe --vocab_size=2048", "python train.py config/pretrain_bpe.py",
+TRAIN_COMMANDS = ["python prepare.py --tokenizer=bpe --vocab_size=2048",
+                  "python train.py config/pretrain_char.py config/pretrain_bpe.py",
                   "python finetune_instr.py config/finetune_instr.py"]
 _KIND_CACHE = {}
 

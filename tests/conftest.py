@@ -239,20 +239,20 @@ PRESETS = {"¿A qué familia pertenece el perro?": "Los perros son caninos.",
            "¿Cuál es la capital de Panamá?": "No lo sé."}
 
 
-def trained_instr(path):
-    """A small instruction checkpoint that has learned the answers to the app's preset questions (an
-    under-trained model has near-ties between tokens, which any rounding flips; a trained one does not)."""
+def fit_instr(path, examples, block_size, steps):
+    """path/ckpt.pt: a 2x64 instruction model trained full-batch on examples (prompt, response, history,
+    system) until it knows them. Returns (model, tokenizer, its config)."""
     from checkpoint import save_checkpoint
     from model import GPT, GPTConfig, pad_batch
     from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
     tok = CharTokenizer.from_texts([BASE_CHARS])
-    cfg = GPTConfig(vocab_size=len(tok), block_size=96, n_layer=2, n_head=2, n_embd=64)
+    cfg = GPTConfig(vocab_size=len(tok), block_size=block_size, n_layer=2, n_head=2, n_embd=64)
     torch.manual_seed(0)
     model = GPT(cfg)
-    pairs = [instruction_example(tok, q, a, 97)[:2] for q, a in PRESETS.items()]
-    x, y = pad_batch([p[0] for p in pairs], tok.pad_id), pad_batch([p[1] for p in pairs], -100)
+    pairs = [instruction_example(tok, p, r, block_size + 1, h, s)[:2] for p, r, h, s in examples]
+    x, y = pad_batch([a for a, _ in pairs], tok.pad_id), pad_batch([b for _, b in pairs], -100)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(250):
+    for _ in range(steps):
         _, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
@@ -260,6 +260,13 @@ def trained_instr(path):
     os.makedirs(path)
     save_checkpoint({"kind": "instr", "model_args": cfg.__dict__, "model": model.state_dict(), **tok.state()},
                     os.path.join(path, "ckpt.pt"))
+    return model, tok, cfg
+
+
+def trained_instr(path):
+    """A small instruction checkpoint that has learned the answers to the app's preset questions (an
+    under-trained model has near-ties between tokens, which any rounding flips; a trained one does not)."""
+    fit_instr(path, [(q, a, (), "") for q, a in PRESETS.items()], block_size=96, steps=250)
     return str(path)
 
 

@@ -6,9 +6,8 @@ import json
 import os
 
 import pytest
-import torch
 
-from conftest import ROOT, assert_one_line_error, run, run_many
+from conftest import ROOT, assert_one_line_error, fit_instr, run, run_many
 from tokenizer import BASE_CHARS, SPECIALS, CharTokenizer, instruction_example
 
 PERRO, GATO, NOSE = "Los perros son caninos.", "Los gatos son felinos.", "No lo sé."
@@ -54,23 +53,9 @@ def chat_root(tmp_path_factory):
     """out-chat: a small model trained (in-process, full batch) on CONVERSATIONS through the template;
     out-cls: a classifier checkpoint on it; chat.jsonl: the same conversations."""
     from checkpoint import save_checkpoint
-    from model import GPT, GPTConfig, pad_batch
     root = tmp_path_factory.mktemp("chat")
-    tok = CharTokenizer.from_texts([BASE_CHARS])
-    cfg = GPTConfig(vocab_size=len(tok), block_size=128, n_layer=2, n_head=2, n_embd=64)
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    pairs = [instruction_example(tok, p, r, 129, [tuple(t) for t in h], s)[:2] for s, h, p, r, _ in CONVERSATIONS]
-    x, y = pad_batch([a for a, _ in pairs], tok.pad_id), pad_batch([b for _, b in pairs], -100)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        _, loss = model(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    os.makedirs(root / "out-chat")
-    save_checkpoint({"kind": "instr", "model_args": cfg.__dict__, "model": model.state_dict(), **tok.state()},
-                    str(root / "out-chat" / "ckpt.pt"))
+    model, tok, cfg = fit_instr(root / "out-chat", [(p, r, [tuple(t) for t in h], s) for s, h, p, r, _ in CONVERSATIONS],
+                                block_size=128, steps=300)
     with open(root / "chat.jsonl", "w", encoding="utf-8") as f:
         for s, h, p, r, k in CONVERSATIONS:
             f.write(json.dumps({"system": s, "history": h, "prompt": p, "response": r, "kind": k}, ensure_ascii=False) + "\n")

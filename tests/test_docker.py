@@ -60,7 +60,7 @@ def test_dockerfile_contents():
     assert users and users[-1].split(":")[0] not in ("root", "0")
     assert one("EXPOSE") == "8501 8000"  # the app, and the API server (serve.py)
     assert one("ARG").startswith("TRAIN_DEMO=")
-    for cmd in ("python prepare.py --tokenizer=bpe --vocab_size=2048", "python train.py config/pretrain_bpe.py",
+    for cmd in ("python prepare.py --tokenizer=bpe --vocab_size=2048", "python train.py config/pretrain_char.py config/pretrain_bpe.py",
                 "python finetune_instr.py config/finetune_instr.py"):
         assert cmd in run
     hc = one("HEALTHCHECK")
