@@ -17,7 +17,7 @@ bounded memory: one pass collects the characters, a second encodes them straight
 Two tokenizers (tokenizer.py). --tokenizer=char: the special tokens, then every character of the
 corpus, of the shipped task data (instructions, sentiment) and of a small base set (ASCII and
 Spanish letters), so that finetuning on the shipped data never meets <unk>. --tokenizer=bpe
---vocab_size=N: byte-level BPE whose N - 261 merges are learned from the corpus in pass 1 (the task
+--vocab_size=N: byte-level BPE whose N - 262 merges are learned from the corpus in pass 1 (the task
 data is not used: its test splits must stay unseen; bytes cover any text anyway). Each document (a .txt file, or a piece of at most
 ~4M characters of a longer one; a .jsonl line; a .parquet row) is split contiguously: its first 90%
 goes to train, its last 10% to val (for a single small file this is the classic split).

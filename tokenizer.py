@@ -1,9 +1,9 @@
 """
 Text cleaning and the two tokenizers, shared by every script.
 
-Both put the special tokens first (fixed ids 0..5; older vocabularies have 0..4, no <sys>). CharTokenizer then has one id per character
-seen when its vocabulary was built; BPETokenizer has one id per byte (256), then one per merge
-learned by train(). Special tokens are only ever inserted by code (tok.instr_id, tok.eos_id, ...):
+Both put the special tokens first (fixed ids 0..5; older vocabularies have 0..4, no <sys>).
+CharTokenizer then has one id per character seen when its vocabulary was built; BPETokenizer has
+one id per byte (256), then one per merge learned by train(). Special tokens are only ever inserted by code (tok.instr_id, tok.eos_id, ...):
 encode() maps text to characters or bytes, so a user who types "<resp>" gets '<', 'r', 'e', ...
 and never the special id. meta.json and every checkpoint hold tok.state() (plain lists), and
 load_tokenizer() rebuilds the right one from it.
@@ -276,9 +276,9 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, counts, vocab_size, log=None):
-        """Learn vocab_size - 5 - 256 merges from counts ({chunk: how often}). Each step merges the most
-        frequent adjacent pair (ties: the smallest ids, so training is deterministic), counted over
-        distinct chunks weighted by their counts. After a merge only the chunks that held the pair are
+        """Learn vocab_size - 6 - 256 merges (after the specials and the bytes) from counts ({chunk: how
+        often}). Each step merges the most frequent adjacent pair (ties: the smallest ids, so training
+        is deterministic), counted over distinct chunks weighted by their counts. After a merge only the chunks that held the pair are
         updated (an index pair -> chunks), and a heap with lazy deletion finds the next best pair, so a
         merge costs what it changes, not a recount of the corpus. Pairs seen fewer than 2 times are
         not merged. Returns (tokenizer, number of merges made), fewer than asked if the text ran out."""
