@@ -160,14 +160,16 @@ def augment(p):
     return p
 
 
-truncated = sum(encode(e)[2] > 0 for e in examples)
+as_written = [encode(e) for e in examples]  # (x, y, cut) of every example, its prompt as written
+truncated = sum(cut > 0 for _, _, cut in as_written)
 if truncated:
     print(f"{truncated} example(s) longer than block_size={block}: prompts truncated from the left")
 order = list(range(len(examples)))
 random.Random(seed).shuffle(order)
 n_val = max(1, int(len(order) * val_fraction)) if len(order) > 1 else 0
-val_set = [encode(examples[i])[:2] for i in order[:n_val]]  # validation: the prompts as written
+val_set = [as_written[i][:2] for i in order[:n_val]]  # validation: the prompts as written
 train_set = [examples[i] for i in order[n_val:]]
+lengths = [len(as_written[i][0]) for i in order[n_val:]]  # of train_set, for bucket=True
 print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.num_params():,} parameters")
 
 
@@ -209,9 +211,6 @@ def save():
 
 optimizer = model.configure_optimizer(weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
 gen = torch.Generator().manual_seed(seed)
-lengths = [len(encode(e)[0]) for e in train_set]
-
-
 def shuffled_pass():
     """The training set in a random order. With bucket=True the order is made of batches of similar
     length: each run of 16 batches' worth of examples is sorted by length and cut into batches, and the

@@ -116,8 +116,9 @@ try:
     for doc in reader.documents():
         doc = clean_text(doc, lowercase)
         if doc.strip():
-            chars.update(doc)
-            if tokenizer == "bpe":
+            if tokenizer == "char":
+                chars.update(doc)
+            else:
                 BPETokenizer.count_chunks(doc + "\n\n", chunks)
             n_chars, n_docs = n_chars + len(doc), n_docs + 1
             n_val += len(doc) + 2 - int((len(doc) + 2) * (1 - val_fraction))  # as pass 2 will cut it

@@ -294,12 +294,6 @@ def create_app(server, key=""):
 
         loop, cancel, queue = asyncio.get_running_loop(), threading.Event(), asyncio.Queue()
         server.admit()
-        released = []
-
-        def done(cancelled=False):
-            if not released:
-                released.append(True)
-                server.release(cancelled)
 
         def work():
             try:
@@ -307,8 +301,8 @@ def create_app(server, key=""):
                     queue_put(faq_text)
                     return "stop", len(entry["tok"].encode(faq_text)) + 1
                 return generate(entry, ids, s, instr, cancel, queue_put)
-            finally:
-                done(cancel.is_set())
+            finally:  # runs once per admitted request, whatever happened
+                server.release(cancel.is_set())
 
         def queue_put(text):
             if text:
