@@ -1,6 +1,6 @@
 # make demo: venv -> prepare (byte-level BPE, 2,048 tokens) -> pretrain -> bits per byte on a held-out
 # book -> instruction finetune (+ evaluation: single questions and conversations) -> classification -> answers
-# make test: the whole test suite (CPU, a few minutes)
+# make test: the whole test suite (CPU, about 3 minutes on 2 cores)
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
@@ -30,8 +30,10 @@ backbone: .venv/.installed
 	$(PY) train.py config/pretrain_backbone.py --overwrite=True
 	$(PY) checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
 
+# two pytest workers (pytest-xdist), one torch thread each: most tests are short subprocesses whose
+# start-up (importing torch) overlaps well, and two 2-thread torch jobs on 2 cores slow each other down
 test: .venv/.installed
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal tests
 
 app: .venv/.installed
 	.venv/bin/streamlit run app.py --server.address=127.0.0.1
