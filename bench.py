@@ -48,6 +48,7 @@ max_new_tokens = 500
 prompt_len = -1  # -1: a prompt that fills the block (sampling at the block size); 1: start from "\n"; N: N tokens
 prompt_file = "data/es/corpus/a_perros.txt"  # where a longer prompt comes from
 runs = 5
+batch = 8  # also decode this many prompts at once (cached) and compare the aggregate tokens/s to batch 1; 1: skip
 # prepare: a generated folder (.txt in UTF-8 and Latin-1, .jsonl.gz, .parquet) made of the shipped text
 prepare_mb = 2000
 prepare_dir = "bench-prepare"  # generated once (reused while its size fits), then prepared into data/bench_prepare
@@ -180,23 +181,37 @@ def bench_sample():
     path = prompt_file if os.path.isfile(prompt_file) else os.path.join(HERE, prompt_file)
     if n > 1 and not os.path.isfile(path):
         fail(f"prompt file not found: {prompt_file}")
-    ids = tok.encode(open(path, encoding="utf-8").read())[:n] if n > 1 else tok.encode("\n")
+    if batch < 1:
+        fail(f"--batch must be >= 1, got {batch}")
+    ids = tok.encode(open(path, encoding="utf-8").read()) if n > 1 else tok.encode("\n")
     if len(ids) < n:
         fail(f"{prompt_file} holds fewer than {n} tokens")
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    times, outputs = {True: [], False: []}, {}
-    for _ in range(runs):  # alternate on/off so that a slow spell of the machine hits both
-        for use_cache in (True, False):
+    # batch rows: consecutive windows of the prompt file (from its start again if it runs out),
+    # so that each row decodes its own text
+    ids = ids * (n * batch // len(ids) + 1)
+    rows = [ids[i * n:(i + 1) * n] for i in range(batch)]
+    prompts = torch.tensor(rows, dtype=torch.long, device=device)  # (batch, T)
+    idx = prompts[:1]  # (1, T)
+    times, outputs = {True: [], False: [], "batch": []}, {}
+    for _ in range(runs):  # alternate the settings so that a slow spell of the machine hits all of them
+        for key in (True, False, "batch"):
+            if key == "batch" and batch == 1:
+                continue
             t0 = time.perf_counter()
-            outputs[use_cache] = model.generate(idx, max_new_tokens, temperature=0.0, use_cache=use_cache)
-            times[use_cache].append(time.perf_counter() - t0)
-    results = {k: max_new_tokens / statistics.median(v) for k, v in times.items()}
+            outputs[key] = model.generate(prompts if key == "batch" else idx, max_new_tokens, temperature=0.0,
+                                          use_cache=key is not False)
+            times[key].append(time.perf_counter() - t0)
+    # tokens/s: new tokens per second, summed over the rows of a batch
+    results = {k: max_new_tokens * (batch if k == "batch" else 1) / statistics.median(v) for k, v in times.items() if v}
     same = torch.equal(outputs[True], outputs[False])
-    print(f"{out_dir}: {model.num_params():,} parameters, block_size {bs}, prompt of {len(ids)} tokens, "
-          f"{max_new_tokens} new tokens, batch 1, greedy, median of {runs} runs on {device}")
-    print(f"{'KV cache':<12}{'tokens/s':>10}")
-    print(f"{'on':<12}{results[True]:>10,.0f}")
-    print(f"{'off':<12}{results[False]:>10,.0f}")
+    print(f"{out_dir}: {model.num_params():,} parameters, block_size {bs}, prompt of {n} tokens, "
+          f"{max_new_tokens} new tokens, greedy, median of {runs} runs on {device}, {torch.get_num_threads()} threads")
+    print(f"{'KV cache':<12}{'batch':>6}{'tokens/s':>10}")
+    print(f"{'on':<12}{1:>6}{results[True]:>10,.0f}")
+    print(f"{'off':<12}{1:>6}{results[False]:>10,.0f}")
+    if batch > 1:
+        print(f"{'on':<12}{batch:>6}{results['batch']:>10,.0f}  (all rows together: "
+              f"{results['batch'] / results[True]:.1f}x batch 1)")
     print(f"speed-up {results[True] / results[False]:.1f}x | greedy outputs identical: {same}")
     if not same:
         fail("cached and uncached greedy outputs differ")

@@ -37,7 +37,7 @@ def make_norm(cfg):
 
 
 def rope(x, cos, sin):
-    """Rotary position embedding: rotate pairs of channels of q or k (B, nh, T, hs) by an angle
+    """Rotary position embedding: rotate pairs of channels of q and k (..., T, hs) by an angle
     that grows with the position, so q.k depends on how far apart two tokens are."""
     h = x.size(-1) // 2
     x1, x2 = x[..., :h], x[..., h:]
@@ -69,14 +69,15 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cache=None):
         B, T, C = x.size()
         hs = C // self.n_head
-        # one matmul makes q, k and v for every head; a view + permute splits them: 3 x (B, nh, T, hs)
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4)
+        # one matmul makes q, k and v for every head; a view + permute splits them: (3, B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, hs).permute(2, 0, 3, 1, 4)
+        qk, v = qkv[:2], qkv[2]  # q and k stay together: norm and rotation are one call for both
         if self.qk_norm:
-            q, k = F.rms_norm(q, (hs,)), F.rms_norm(k, (hs,))
+            qk = F.rms_norm(qk, (hs,))
         n = cache.get("n", 0) if cache is not None else 0  # positions the cache already holds
         if self.rope:  # positions continue after what the cache already holds
-            cos, sin = self.cos[n:n + T].to(q.dtype), self.sin[n:n + T].to(q.dtype)
-            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            qk = rope(qk, self.cos[n:n + T].to(qk.dtype), self.sin[n:n + T].to(qk.dtype))
+        q, k = qk  # (B, nh, T, hs) each
         if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
             if "k" not in cache:  # room for a whole window, allocated once and filled from the left
                 cache["k"] = k.new_empty(B, self.n_head, self.block_size, hs)

@@ -17,12 +17,17 @@ def test_bench_sample_cache_faster_and_identical(tiny_run):
     assert "greedy outputs identical: True" in p.stdout
     speedup = float(p.stdout.split("speed-up ")[1].split("x")[0])
     assert speedup > 1.0  # 100 tokens with block_size 32: the cache must already pay off
+    # batch 8 (the default) decodes 8 rows per step: its aggregate tokens/s is a multiple of batch 1's
+    row = [line for line in p.stdout.splitlines() if line.startswith("on ") and line.split()[1] == "8"]
+    assert len(row) == 1 and float(row[0].split("(all rows together: ")[1].split("x")[0]) > 1.0, p.stdout
     # a prompt that fills the block (from the shipped corpus), runs alternating on/off
     p = run("bench.py", "--mode=sample", "--out_dir=out", "--max_new_tokens=50", "--runs=1", "--prompt_len=-1",
             cwd=tiny_run)
     assert p.returncode == 0 and "prompt of 32 tokens" in p.stdout and "identical: True" in p.stdout, p.stderr
-    assert "--prompt_len must be" in assert_one_line_error(
-        run("bench.py", "--mode=sample", "--out_dir=out", "--prompt_len=0", cwd=tiny_run))
+    bad_len, bad_batch = run_many([("bench.py", "--mode=sample", "--out_dir=out", "--prompt_len=0"),
+                                   ("bench.py", "--mode=sample", "--out_dir=out", "--batch=0")], cwd=tiny_run)
+    assert "--prompt_len must be" in assert_one_line_error(bad_len)
+    assert "--batch must be" in assert_one_line_error(bad_batch)
 
 
 def test_bench_train_reports_mfu():

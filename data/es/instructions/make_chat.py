@@ -49,7 +49,12 @@ PHRASES = {
                 "¿La capital de Costa Rica es San José?", "¿La capital costarricense es San José?"],
         "no": ["¿Los perros son felinos?", "¿El perro es un félido?", "¿Los gatos son caninos?", "¿El gato es un cánido?",
                "¿Es Cartago la capital de Costa Rica?", "¿Es Puntarenas la capital de Costa Rica?",
-               "¿Es Alajuela la capital de Costa Rica?", "¿Los perros son de la familia Felidae?"],
+               "¿Es Alajuela la capital de Costa Rica?", "¿Los perros son de la familia Felidae?",
+               "¿Es Limón la capital de Costa Rica?", "¿La capital de Costa Rica es Liberia?",
+               "¿Es Managua la capital de Costa Rica?", "¿La capital costarricense es Nicoya?",
+               "¿Es Guadalajara la capital de Costa Rica?", "¿Quepos es la capital de Costa Rica?",
+               "¿Es Turrialba la capital de Costa Rica?", "¿La capital de Costa Rica es Madrid?",
+               "¿Los gatos son de la familia Canidae?", "¿Es el perro un felino?", "¿Es el gato un canino?"],
         "unknown_yn": ["¿Los caballos son équidos?", "¿Es Lima la capital de Perú?", "¿Las vacas son rumiantes?",
                        "¿Es Quito la capital de Ecuador?", "¿Los delfines son mamíferos?", "¿Es Roma la capital de Italia?"],
         "sys_brief": ["Responde en una sola palabra.", "Sé muy breve.", "Responde de forma muy corta.",
@@ -80,7 +85,7 @@ PHRASES = {
     },
 }
 BRIEF = {"fact:perro": "Caninos.", "fact:gato": "Felinos.", "fact:capital": "San José.", "abstain": "No lo sé."}
-SIZES = {"train": {"followup": 720, "context": 220, "yesno": 260, "brief": 260},
+SIZES = {"train": {"followup": 720, "context": 220, "yesno": 560, "brief": 400},
          "test": {"followup": 100, "context": 30, "yesno": 40, "brief": 40}}
 
 
