@@ -4,7 +4,8 @@ Benchmarks: training throughput, a race between two recipes, and sampling speed.
     python bench.py --mode=train --config=config/pretrain_char.py     # tokens/s, ms/iter, MFU
     python bench.py --mode=race                                        # baseline vs fast recipe
     python bench.py --mode=race --dataset=es --target=1.60 --a=config/pretrain_char.py
-    python bench.py --mode=sample --out_dir=out                        # KV cache on vs off
+    python bench.py --mode=race --nanogpt=../shared/ref/nanogpt   # real nanoGPT vs config b, to its final val
+    python bench.py --mode=sample --out_dir=out                        # KV cache on vs off; batch 8 vs 1
     python bench.py --mode=prepare --prepare_mb=2000                   # prepare.py on a generated 2 GB folder
     python bench.py --mode=curve --backbone=out                        # what pretraining buys: a learning curve
     python bench.py --mode=serve --clients=16 --requests=4             # against a running serve.py
@@ -42,6 +43,10 @@ dataset = "shakespeare_char"
 target = 1.886  # val loss to reach
 budget = 300.0  # seconds (wall, evaluations included) each run may take at most
 race_dir = "out-race"
+# race against the real nanoGPT: its unmodified files (../shared/ref/nanogpt), run from a temporary copy
+nanogpt = ""  # that folder; empty: config a (our reproduction of its recipe) stands in for it, as above
+race_text = "../shared/data/tinyshakespeare/input.txt"  # with --nanogpt: the one text both sides train on
+nanogpt_iters = 2000  # nanoGPT's README CPU recipe: 2,000 iterations (fewer only for quick checks)
 # sample
 out_dir = "out"
 max_new_tokens = 500
@@ -163,6 +168,103 @@ def bench_race():
     ta, tb = rows[0]["time_to_target_s"], rows[1]["time_to_target_s"]
     if ta and tb:
         print(f"ratio (time to target, a / b): {ta / tb:.2f}x")
+    print(json.dumps(rows))
+
+
+# what each trainer prints at an evaluation: nanoGPT "step 250: train loss 2.0, val loss 2.1"; ours
+# "eval 250: train 2.0, val 2.1 nats/token ..." (or "eval 250: val 2.1 ..." without the train estimate)
+EVAL_LINE = {"nanogpt": re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)"),
+             "ours": re.compile(r"^eval (\d+): .*?val ([\d.]+) nats/token")}
+
+
+def timed_evals(cmd, cwd, kind):
+    """Run a training command and read its evaluations as they are printed: [(seconds since the
+    process started, iteration, val loss)], and the whole run's wall time. Output is unbuffered, so
+    a line's time is the time the evaluation ended."""
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    evals = []
+    for line in proc.stdout:
+        m = EVAL_LINE[kind].match(line)
+        if m:
+            evals.append((time.time() - t0, int(m.group(1)), float(m.group(2))))
+    err = proc.stderr.read()
+    if proc.wait() or not evals:
+        fail(f"{' '.join(os.path.basename(c) for c in cmd[:3])} failed in {cwd}: "
+             f"{(err.strip().splitlines() or ['no evaluation printed'])[-1]}")
+    return evals, time.time() - t0
+
+
+def bench_race_nanogpt():
+    """Real nanoGPT (its README CPU recipe, from a temporary copy of its unmodified files) against
+    config b on the same text: time from process start to nanoGPT's final val loss. Config a, our
+    in-code reproduction of the recipe, runs too, so its gap to the real code is printed."""
+    import shutil
+    import tempfile
+
+    from corpus import CorpusError, read_text
+    from tokenizer import clean_text
+    if not os.path.isfile(os.path.join(nanogpt, "train.py")) or \
+            not os.path.isfile(os.path.join(nanogpt, "data", "shakespeare_char", "prepare.py")):
+        fail(f"--nanogpt={nanogpt} is not a nanoGPT checkout (train.py and data/shakespeare_char/prepare.py)")
+    try:
+        text = clean_text(read_text(race_text)[0])  # exactly what our prepare.py reads from the file
+    except (OSError, CorpusError) as e:
+        fail(f"--race_text: {e}")
+    os.makedirs(race_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="race-nanogpt-", dir=race_dir)  # removed at the end
+    work = os.path.abspath(work)
+    ng = os.path.join(work, "nanogpt")
+    shutil.copytree(nanogpt, ng)  # a throwaway copy: the reference folder may be read-only
+    for dirpath, dirs, files in os.walk(ng):
+        for name in dirs + files:
+            os.chmod(os.path.join(dirpath, name), 0o755 if name in dirs else 0o644)
+    # both sides split the same text 90/10 contiguously (ours appends one blank line before its cut)
+    with open(os.path.join(ng, "data", "shakespeare_char", "input.txt"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(os.path.join(work, "text.txt"), "w", encoding="utf-8") as f:
+        f.write(text)
+    for cmd, cwd in (([sys.executable, "prepare.py"], os.path.join(ng, "data", "shakespeare_char")),
+                     ([sys.executable, os.path.join(HERE, "prepare.py"), "--input=text.txt", "--dataset=race"], work)):
+        p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        if p.returncode:
+            fail(f"prepare failed in {cwd}: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    n = nanogpt_iters
+    recipe = ["config/train_shakespeare_char.py", f"--device={device}", "--compile=False", "--eval_iters=20",
+              "--log_interval=1000", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+              "--n_embd=128", f"--max_iters={n}", f"--lr_decay_iters={n}", "--dropout=0.0", f"--out_dir={work}/ng-out"]
+    print(f"nanoGPT ({nanogpt}, its README CPU recipe, {n} iterations) on {race_text} ...", flush=True)
+    real, real_wall = timed_evals([sys.executable, "train.py", *recipe], ng, "nanogpt")
+    tgt = real[-1][2]  # the target: nanoGPT's val loss at its last evaluation
+    def ours(cfg, *flags):  # our train.py on the same text (prepared in work/data/race)
+        return [sys.executable, os.path.join(HERE, "train.py"), os.path.abspath(cfg), "--dataset=race",
+                "--overwrite=True", f"--device={device}", *flags]
+    print(f"ours ({b}) to val {tgt:.4f} ...", flush=True)
+    fast, fast_wall = timed_evals(ours(b, "--out_dir=b", f"--target_val_loss={tgt}", f"--max_seconds={budget}"),
+                                  work, "ours")
+    print(f"our reproduction of the recipe ({a}) ...", flush=True)
+    repro, repro_wall = timed_evals(ours(a, "--out_dir=a", f"--max_iters={n}", f"--lr_decay_iters={n}"), work, "ours")
+    shutil.rmtree(work, ignore_errors=True)
+    rows = []
+    for name, evals, wall in (("nanoGPT (real)", real, real_wall), (f"ours: {b}", fast, fast_wall),
+                              (f"reproduction: {a}", repro, repro_wall)):
+        hit = next((e for e in evals if e[2] <= tgt), None)
+        rows.append({"run": name, "time_to_target_s": round(hit[0], 1) if hit else None,
+                     "iters_to_target": hit[1] if hit else None, "final_val": evals[-1][2],
+                     "final_iter": evals[-1][1], "run_wall_s": round(wall, 1)})
+    print(f"race on {race_text}: target = nanoGPT's final val {tgt:.4f}; times from process start, "
+          f"evaluations included, device {device}")
+    print(f"{'run':<44}{'time to target':>16}{'iters':>7}{'final val':>11}{'wall':>8}")
+    for r in rows:
+        ttt = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] is not None else "not reached"
+        print(f"{r['run']:<44}{ttt:>16}{str(r['iters_to_target'] or '-'):>7}{r['final_val']:>11.4f}"
+              f"{r['run_wall_s']:>7.1f}s")
+    t_real, t_fast, t_repro = (r["time_to_target_s"] for r in rows)
+    if t_real and t_fast:
+        print(f"ratio (real nanoGPT / ours): {t_real / t_fast:.2f}x")
+    print(f"reproduction vs real: final val {rows[2]['final_val']:.4f} vs {tgt:.4f}, wall "
+          f"{repro_wall:.1f} s vs {real_wall:.1f} s ({repro_wall / real_wall:.2f}x)")
     print(json.dumps(rows))
 
 
@@ -437,6 +539,8 @@ elif mode == "prepare":
     bench_prepare()
 elif mode == "train":
     bench_train()
+elif mode == "race" and nanogpt:
+    bench_race_nanogpt()
 elif mode == "race":
     bench_race()
 elif mode == "sample":

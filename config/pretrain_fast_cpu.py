@@ -5,7 +5,10 @@
 # positions, RMSNorm, relu² MLP, no biases; a longer context per step (block 128, batch 16: 2,048
 # tokens instead of 768), a 3x higher learning rate, a short cosine schedule so the rate has
 # decayed by the time the target is near, and cheaper evaluations (val only, 8 batches = 16k
-# tokens, about what the baseline's 20 x 12 x 64 hold) every 25 iterations.
+# tokens, about what the baseline's 20 x 12 x 64 hold) every 25 iterations; bf16 autocast where the
+# CPU computes it natively (~13% less time to the target here, measured 2026-11-29).
+from checkpoint import cpu_has_fast_bf16
+
 dataset = "shakespeare_char"
 out_dir = "out-fast"
 block_size = 128
@@ -30,3 +33,4 @@ eval_iters = 8
 eval_train = False
 log_interval = 10
 device = "cpu"
+dtype = "bfloat16" if cpu_has_fast_bf16() else "auto"

@@ -5,9 +5,10 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from conftest import ROOT, TINY, assert_one_line_error, run, run_many
+from conftest import ROOT, TINY, assert_one_line_error, digest, run, run_many
 
 
 
@@ -119,3 +120,31 @@ def test_bench_prepare_and_curve(tiny_run, tmp_path):
     assert len(row) == 1 and row[0].count("|") == 6, curve.stdout
     svg = (tmp_path / "curve.svg").read_text(encoding="utf-8")
     assert svg.startswith("<svg") and svg.count("<polyline") == 3 and "TF-IDF" in svg
+
+
+def test_bench_race_against_real_nanogpt(tmp_path):
+    """--nanogpt: the unmodified nanoGPT in ../shared/ref/nanogpt runs from a temporary copy on the
+    same text as ours; its last val loss is the target. A short run (60 iterations: nanoGPT evaluates
+    at step 0 only) checks the plumbing: both prepare, both trainers' evaluations are read as they
+    print, the table and ratio come out, and the reference folder is left as it was."""
+    ref = os.path.join(ROOT, "..", "shared", "ref", "nanogpt")
+    if not os.path.isfile(os.path.join(ref, "train.py")):
+        # CI lays shared/ beside the clone: there a missing folder is a failure, not a skip
+        assert not os.environ.get("CI"), f"{ref} is missing in CI"
+        pytest.skip("nanoGPT reference not present beside this clone (../shared/ref/nanogpt)")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"Verso {i}: el perro ladra y el gato duerme al sol.\n" for i in range(600)), encoding="utf-8")
+    before = digest(ref)
+    p = run("bench.py", "--mode=race", f"--nanogpt={ref}", f"--race_text={text}", "--nanogpt_iters=60",
+            f"--a={TINY}", f"--b={TINY}", "--budget=60", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    rows = json.loads(p.stdout.strip().splitlines()[-1])
+    assert [r["run"] for r in rows] == ["nanoGPT (real)", f"ours: {TINY}", f"reproduction: {TINY}"], rows
+    real, ours, repro = rows
+    assert real["final_iter"] == 0 and real["time_to_target_s"] > 0  # step 0 is nanoGPT's one evaluation here
+    assert ours["final_val"] <= real["final_val"] and ours["time_to_target_s"] > 0  # reached: it stops there
+    assert repro["final_iter"] == 60 and "ratio (real nanoGPT / ours)" in p.stdout
+    assert "reproduction vs real" in p.stdout
+    assert digest(ref) == before and os.listdir(tmp_path / "out-race") == []  # the temporary copy is gone
+    assert "is not a nanoGPT checkout" in assert_one_line_error(
+        run("bench.py", "--mode=race", f"--nanogpt={tmp_path}", cwd=tmp_path))

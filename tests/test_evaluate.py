@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, assert_one_line_error, run, run_many
+from conftest import ROOT, assert_one_line_error, run_many
 from evaluate import normalize, score
 from model import GPT, GPTConfig
 
