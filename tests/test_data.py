@@ -162,3 +162,18 @@ def test_chat_files_need_their_context_and_share_nothing_with_training():
     spec.loader.exec_module(make_chat)
     import random
     assert make_chat.build("test", random.Random(2)) == chat_test
+
+
+def test_shipped_bpe_backbone_is_the_demo_model_trained_longer():
+    """pretrained/es-bpe2048-4x128 (config/finetune_instr.py starts from it): weights only, loads with
+    weights_only=True, the demo's architecture and a BPE vocabulary of 2,048 with the six specials."""
+    import torch
+
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    from tokenizer import SPECIALS
+    ckpt = load_checkpoint(os.path.join(ROOT, "pretrained", "es-bpe2048-4x128"))
+    assert ckpt["kind"] == "pretrain" and "optimizer" not in ckpt and ckpt["iter_num"] == 5400
+    model, tok = model_from_checkpoint(ckpt)
+    assert (model.config.n_layer, model.config.n_embd, model.config.pos, model.config.vocab_size) == (4, 128, "rope", 2048)
+    assert tok.specials == SPECIALS and tok.decode(tok.encode("¿Los perros son caninos?")) == "¿Los perros son caninos?"
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 on disk, float32 once loaded

@@ -102,7 +102,7 @@ def test_dockerignore():
         assert _ignored(path, patterns), path
     for path in ("app.py", "model.py", "tokenizer.py", "requirements.txt", "prepare.py", "train.py",
                  "finetune_instr.py", "config/finetune_instr.py", "data/es/instructions/train.jsonl",
-                 "data/es/corpus/x.txt", ".streamlit/config.toml"):
+                 "data/es/corpus/x.txt", ".streamlit/config.toml", "pretrained/es-bpe2048-4x128/ckpt.pt"):
         assert not _ignored(path, patterns), path
 
 

@@ -1,0 +1,13 @@
+# The shipped BPE backbone (pretrained/es-bpe2048-4x128/): the demo's own model (4x128, BPE 2,048,
+# the recipe of config/pretrain_char.py) trained 6.4x longer, ~27 minutes on 2 CPU cores. `make demo`
+# still pretrains its own small model for the lesson (out/); its instruction finetune starts from this
+# one, which reads paraphrases better (README, "A backbone that transfers"). Reproduce it with
+# `make backbone-bpe`:
+#   python prepare.py --tokenizer=bpe --vocab_size=2048
+#   python train.py config/pretrain_char.py config/pretrain_backbone_bpe.py
+#   python checkpoint.py --src=out-backbone-bpe --dst=pretrained/es-bpe2048-4x128   # weights only, bf16
+out_dir = "out-backbone-bpe"
+max_iters = 5400
+lr_decay_iters = 5400
+eval_interval = 900
+max_seconds = 2100  # a guard: stop (with a final evaluation and checkpoint) after 35 minutes of training
