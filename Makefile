@@ -17,7 +17,7 @@ venv: .venv/.installed
 demo: .venv/.installed
 	$(PY) prepare.py --tokenizer=bpe --vocab_size=2048
 	$(PY) train.py config/pretrain_char.py config/pretrain_bpe.py --overwrite=True
-	$(PY) evaluate.py --out_dir=out,pretrained/es-bpe2048-4x128,pretrained/es-char-6x256 --text=data/es/heldout/pg13507.txt --max_chars=40000
+	$(PY) evaluate.py --out_dir=out,pretrained/es-bpe2048-4x128 --text=data/es/heldout/pg13507.txt --max_chars=40000
 	$(PY) sample.py --start="El perro es" --max_new_tokens=300
 	$(PY) finetune_instr.py config/finetune_instr.py --overwrite=True
 	$(PY) finetune_cls.py config/finetune_cls.py --overwrite=True
