@@ -31,8 +31,6 @@ backbone: .venv/.installed
 	$(PY) train.py config/pretrain_backbone.py --overwrite=True
 	$(PY) checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
 
-# two pytest workers (pytest-xdist), one torch thread each: most tests are short subprocesses whose
-# start-up (importing torch) overlaps well, and two 2-thread torch jobs on 2 cores slow each other down
 # the shipped BPE backbone pretrained/es-bpe2048-4x128/ that the demo's instruction finetune starts
 # from: the demo's own 4x128 model trained 6.4x longer (about 27 minutes on 2 CPU cores)
 backbone-bpe: .venv/.installed
@@ -40,6 +38,8 @@ backbone-bpe: .venv/.installed
 	$(PY) train.py config/pretrain_char.py config/pretrain_backbone_bpe.py --overwrite=True
 	$(PY) checkpoint.py --src=out-backbone-bpe --dst=pretrained/es-bpe2048-4x128
 
+# two pytest workers (pytest-xdist), one torch thread each: most tests are short subprocesses whose
+# start-up (importing torch) overlaps well, and two 2-thread torch jobs on 2 cores slow each other down
 test: .venv/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal tests
 
