@@ -182,17 +182,17 @@ def timed_evals(cmd, cwd, kind):
     process started, iteration, val loss)], and the whole run's wall time. Output is unbuffered, so
     a line's time is the time the evaluation ended."""
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    # stderr joins stdout: one pipe read to the end can never fill up and block the trainer
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    evals = []
+    evals, last = [], "no evaluation printed"
     for line in proc.stdout:
         m = EVAL_LINE[kind].match(line)
         if m:
             evals.append((time.time() - t0, int(m.group(1)), float(m.group(2))))
-    err = proc.stderr.read()
+        last = line.strip() or last
     if proc.wait() or not evals:
-        fail(f"{' '.join(os.path.basename(c) for c in cmd[:3])} failed in {cwd}: "
-             f"{(err.strip().splitlines() or ['no evaluation printed'])[-1]}")
+        fail(f"{' '.join(os.path.basename(c) for c in cmd[:3])} failed in {cwd}: {last}")
     return evals, time.time() - t0
 
 
