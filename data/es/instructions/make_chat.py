@@ -21,18 +21,13 @@ PERRO, GATO, CAPITAL, ABSTAIN = (ANSWER[k] for k in ("fact:perro", "fact:gato", 
 
 PHRASES = {
     "train": {
-        "fu_gato": ["¿Y los gatos?", "¿Y el gato?", "¿Y qué me dices de los gatos?", "¿Y los gatos qué son?",
-                    "¿Y en el caso del gato?", "y los gatos?", "¿Y un gato?", "¿Y los gatos, de qué familia son?",
-                    "¿Y mi gata?", "¿Y el gato doméstico qué es?", "¿Y las gatas?", "Y el gato, ¿qué es?",
-                    "¿Pasa lo mismo con los gatos?", "¿Y sobre los gatos?", "Ahora los gatos.", "¿Y con el gato?",
-                    "¿Y acerca de los gatos?", "¿Y tratándose de un gato?", "¿Lo mismo para los gatos?",
-                    "¿Cómo es con los gatos?", "¿También los gatos?", "¿Sabes lo de los gatos?"],
-        "fu_perro": ["¿Y los perros?", "¿Y el perro?", "¿Y qué me dices de los perros?", "¿Y los perros qué son?",
-                     "¿Y en el caso del perro?", "y los perros?", "¿Y un perro?", "¿Y los perros, de qué familia son?",
-                     "¿Y mi perra?", "¿Y el perro doméstico qué es?", "¿Y las perras?", "Y el perro, ¿qué es?",
-                     "¿Pasa lo mismo con los perros?", "¿Y sobre los perros?", "Ahora los perros.", "¿Y con el perro?",
-                     "¿Y acerca de los perros?", "¿Y tratándose de un perro?", "¿Lo mismo para los perros?",
-                     "¿Cómo es con los perros?", "¿También los perros?", "¿Sabes lo de los perros?"],
+        # follow-ups about the other pet: {s}/{p} singular/plural, {fs}/{fp} feminine, {d} diminutive (PET below)
+        "fu_pet": ["¿Y los {p}?", "¿Y el {s}?", "¿Y qué me dices de los {p}?", "¿Y los {p} qué son?",
+                   "¿Y en el caso del {s}?", "y los {p}?", "¿Y un {s}?", "¿Y los {p}, de qué familia son?",
+                   "¿Y mi {fs}?", "¿Y el {s} doméstico qué es?", "¿Y las {fp}?", "Y el {s}, ¿qué es?",
+                   "¿Pasa lo mismo con los {p}?", "¿Y sobre los {p}?", "Ahora los {p}.", "¿Y con el {s}?",
+                   "¿Y acerca de los {p}?", "¿Y tratándose de un {s}?", "¿Lo mismo para los {p}?",
+                   "¿Cómo es con los {p}?", "¿También los {p}?", "¿Sabes lo de los {p}?"],
         "countries": ["Panamá", "Nicaragua", "Honduras", "Chile", "Perú", "Bolivia", "Colombia", "México",
                       "Argentina", "Venezuela", "Francia", "Italia", "Japón", "Canadá", "Guatemala", "España"],
         "fu_country": ["¿Y la de {c}?", "¿Y la capital de {c}?", "¿Y la de {c} cuál es?", "¿Y en el caso de {c}?",
@@ -78,10 +73,8 @@ PHRASES = {
                       "Brevedad ante todo."],
     },
     "test": {
-        "fu_gato": ["¿Qué hay de los gatos?", "¿Y respecto a los gatos?", "¿Y los gatitos?", "¿Y en cuanto al gato?",
-                    "¿Y los gatos caseros?", "¿Y qué pasa con el gato?"],
-        "fu_perro": ["¿Qué hay de los perros?", "¿Y respecto a los perros?", "¿Y los perritos?",
-                     "¿Y en cuanto al perro?", "¿Y los perros caseros?", "¿Y qué pasa con el perro?"],
+        "fu_pet": ["¿Qué hay de los {p}?", "¿Y respecto a los {p}?", "¿Y los {d}?", "¿Y en cuanto al {s}?",
+                   "¿Y los {p} caseros?", "¿Y qué pasa con el {s}?"],
         "countries": ["Uruguay", "Ecuador", "Cuba", "Paraguay", "Portugal", "Alemania", "El Salvador", "Brasil"],
         "fu_country": ["¿Qué hay de la de {c}?", "¿Y cuál es la de {c}?", "¿Y para {c}?", "¿Y respecto a {c}?"],
         "ask_capital": ["¿Sabes cuál es la capital de {c}?", "¿Cuál es la ciudad capital de {c}?"],
@@ -101,6 +94,8 @@ PHRASES = {
         "sys_brief": ["Contesta con el mínimo de palabras.", "Respuesta corta, por favor."],
     },
 }
+PET = {"fact:gato": {"s": "gato", "p": "gatos", "fs": "gata", "fp": "gatas", "d": "gatitos"},
+       "fact:perro": {"s": "perro", "p": "perros", "fs": "perra", "fp": "perras", "d": "perritos"}}
 BRIEF = {"fact:perro": "Caninos.", "fact:gato": "Felinos.", "fact:capital": "San José.", "abstain": "No lo sé."}
 SIZES = {"train": {"followup": 720, "context": 220, "yesno": 560, "brief": 400},
          "test": {"followup": 100, "context": 30, "yesno": 40, "brief": 40}}
@@ -124,8 +119,8 @@ def build(split, rng):
         case = rng.randrange(5)
         if case < 2:  # perro -> gato, gato -> perro
             a, b = ("fact:perro", "fact:gato") if case == 0 else ("fact:gato", "fact:perro")
-            fu = ph["fu_gato" if b == "fact:gato" else "fu_perro"]
-            add("", pre + [[rng.choice(pool[a]), ANSWER[a]]], rng.choice(fu), ANSWER[b], f"followup/{b}")
+            add("", pre + [[rng.choice(pool[a]), ANSWER[a]]], rng.choice(ph["fu_pet"]).format(**PET[b]), ANSWER[b],
+                f"followup/{b}")
         elif case == 2:  # capital of Costa Rica -> another country's: not known
             c = rng.choice(ph["countries"])
             add("", pre + [[rng.choice(pool["fact:capital"]), CAPITAL]], rng.choice(ph["fu_country"]).format(c=c),
