@@ -59,9 +59,11 @@ predict = None  # a text to classify with out_dir's classifier: prints the label
 predict_file = ""  # a file of texts to classify, one per line
 # classifier
 pool = "last"  # 'last': hidden state of the last real token; 'mean': mean over the real tokens
-freeze = "backbone"  # 'backbone': only the head trains; 'last_n': also the last unfreeze_last blocks and ln_f; 'none'
+freeze = "backbone"  # 'backbone': only the head trains (a linear probe, below); 'last_n': also the last
+# unfreeze_last blocks and ln_f; 'none': everything
 unfreeze_last = 1
 class_weights = False  # weight the loss by inverse class frequency (imbalanced data)
+probe_l2 = 0.0  # freeze=backbone: the L2 penalty of the probe; 0 = chosen by 5-fold cross-validation on train
 train_labels = 0  # train on only N labelled texts, an equal share per label, drawn with `seed` (the
 # learning curve of the README); 0 = all. val and test stay whole
 # training: AdamW at a constant learning rate, early stopping on the val metric
@@ -281,6 +283,62 @@ def classify(clf, tok, texts, batch_size=32, device="cpu", ctx=nullcontext()):
     return F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, device, ctx).float(), dim=-1).cpu()  # (N, K)
 
 
+PROBE_L2 = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # the grid that cross-validation picks from
+
+
+def fit_probe(X, y, n_labels, l2, weights=None):
+    """The linear probe: an L2-penalized logistic regression on fixed features X (N, C), solved to
+    convergence by L-BFGS (a convex problem: one answer, no learning rate, no seed). Returns the
+    (K, C) weight and (K,) bias of a head that reads standardized features."""
+    W = torch.zeros(n_labels, X.size(1), requires_grad=True)
+    b = torch.zeros(n_labels, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], max_iter=500, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(X @ W.T + b, y, weight=weights) + l2 * (W ** 2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return W.detach(), b.detach()
+
+
+def probe_head(head, X, y, n_labels, l2, seed, weights=None, folds=5):
+    """Fit `head` as a linear probe on the frozen features X (N, C) of the training texts.
+
+    Features are standardized first (each dimension to mean 0 and variance 1 over train): the GPT's
+    hidden dimensions differ in scale by orders of magnitude, and one penalty only makes sense when
+    they are comparable. With l2=0 the penalty is chosen from PROBE_L2 by stratified k-fold
+    cross-validation on train (accuracy, ties to the stronger penalty): 474 texts judge it more
+    steadily than the 70 of val. The standardization is folded into the head's weights, so the
+    checkpoint holds a plain Linear. Returns (l2, cross-validation accuracy or None)."""
+    mu, sd = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mu) / sd  # (N, C)
+    cv_acc = None
+    if not l2:
+        g = torch.Generator().manual_seed(seed)
+        fold = torch.empty(len(y), dtype=torch.long)
+        for k in range(n_labels):  # stratified: each label spread evenly over the folds
+            rows = (y == k).nonzero().flatten()
+            rows = rows[torch.randperm(len(rows), generator=g)]
+            fold[rows] = torch.arange(len(rows)) % folds
+        accs = []
+        for c in PROBE_L2:
+            right = 0
+            for f in range(folds):
+                tr, te = fold != f, fold == f
+                W, b = fit_probe(Z[tr], y[tr], n_labels, c, weights)
+                right += ((Z[te] @ W.T + b).argmax(1) == y[te]).sum().item()
+            accs.append(right / len(y))
+        best = max(range(len(PROBE_L2)), key=lambda i: (accs[i], i))  # ties: the larger penalty
+        l2, cv_acc = PROBE_L2[best], accs[best]
+    W, b = fit_probe(Z, y, n_labels, l2, weights)
+    with torch.no_grad():  # head(x) = W (x - mu) / sd + b  ==  (W / sd) x + (b - (W / sd) mu)
+        head.weight.copy_(W / sd)
+        head.bias.copy_(b - (W / sd) @ mu)
+    return l2, cv_acc
+
+
 def set_trainable(backbone, freeze, unfreeze_last):
     """requires_grad as --freeze says; returns the backbone's trainable parameters."""
     for p in backbone.parameters():
@@ -478,13 +536,23 @@ if __name__ == "__main__":
         except CheckpointError as e:
             fail(e)
 
-        # a frozen backbone gives every text the same vector at every step: compute the vectors once and
-        # train only the head on them (the whole training then costs one forward pass over the data)
+        # a frozen backbone gives every text the same vector: compute the vectors once and fit the head on
+        # them as a linear probe (probe_head), with no training loop. The loop below then only evaluates it
         cached = freeze == "backbone"
+        n_iters = 0 if cached else max_iters
+        probe = {}
         if cached:
             t0 = time.time()
             feats = {s: all_features(clf, seqs[s], tok.pad_id, batch_size, device, ctx) for s in ("train", "val")}
             print(f"features of {len(seqs['train']) + len(seqs['val'])} texts computed once in {time.time() - t0:.1f}s")
+            t0 = time.time()
+            folds = min(5, int(label_counts.min()))  # every fold needs texts of every label
+            l2, cv_acc = probe_head(clf.head, feats["train"].float().cpu(), ys["train"].cpu(), len(labels),
+                                    probe_l2 or (0.0 if folds >= 2 else 1e-2), seed,
+                                    None if weights is None else weights.cpu(), folds)
+            probe = {"probe": {"l2": l2, "cv_accuracy": cv_acc}}  # saved with the checkpoint
+            print(f"linear probe (logistic regression, L-BFGS) in {time.time() - t0:.1f}s: L2 {l2:g}"
+                  + (f", chosen by {folds}-fold cross-validation on train (accuracy {cv_acc:.3f})" if cv_acc else ""))
 
         # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
         stop = catch_stop_signals()
@@ -492,12 +560,9 @@ if __name__ == "__main__":
         n_train, bs = len(seqs["train"]), min(batch_size, len(seqs["train"]))
         order, pos = torch.randperm(n_train, generator=batch_gen), 0
         history, best, best_iter, bad_evals, train_losses = [], None, None, 0, []
-        threads = torch.get_num_threads()
-        if cached:  # the head's matmuls are tiny: waking a second CPU thread for each costs more than the work
-            torch.set_num_threads(1)
         t_train = time.time()
-        for it in range(max_iters + 1):
-            if (it % eval_interval == 0 and it > 0) or it == max_iters or stop["signal"]:
+        for it in range(n_iters + 1):
+            if (it % eval_interval == 0 and it > 0) or it == n_iters or stop["signal"]:
                 with torch.no_grad():
                     logits = clf.head(feats["val"]) if cached else all_logits(clf, seqs["val"], tok.pad_id,
                                                                               batch_size, device, ctx)
@@ -515,7 +580,7 @@ if __name__ == "__main__":
                     if improved:
                         save_checkpoint({"kind": "cls", "model_args": model_args, "model": clf.checkpoint_state(),
                                          **tok.state(), "labels": labels, "label_counts": label_counts.tolist(),
-                                         "pool": pool, "config": config, "iter_num": it, "history": history,
+                                         "pool": pool, "config": config, "iter_num": it, "history": history, **probe,
                                          "best_val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                                                       "loss": val_loss}}, ckpt_path)
                     # one line per evaluation, for plots (the app reads these logs); the first evaluation
@@ -524,7 +589,7 @@ if __name__ == "__main__":
                                       "".join(json.dumps(h) + "\n" for h in history))
                 except CheckpointError as e:  # a full disk: the previous files are kept
                     fail(e)
-                eta = (max_iters - it) * (time.time() - t_train) / max(1, it)
+                eta = (n_iters - it) * (time.time() - t_train) / max(1, it)
                 shown = "-" if train_loss is None else f"{train_loss:.4f}"
                 print(f"eval {it}: train loss {shown} | val loss {val_loss:.4f}, accuracy {m['accuracy']:.3f}, "
                       f"macro-F1 {m['macro_f1']:.3f} | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
@@ -532,7 +597,7 @@ if __name__ == "__main__":
                 if patience and bad_evals >= patience:
                     print(f"early stop: no better val {metric} in {patience} evaluations")
                     break
-            if it == max_iters or stop["signal"]:
+            if it == n_iters or stop["signal"]:
                 break
 
             if pos + bs > n_train:  # a new epoch: a new shuffled order, every text once per epoch
@@ -540,11 +605,7 @@ if __name__ == "__main__":
             ix = order[pos:pos + bs]
             pos += bs
             clf.train()
-            backbone.train(not cached)
-            if cached:
-                logits = clf.head(feats["train"][ix])  # (B, K)
-            else:
-                logits = clf(*pad([seqs["train"][i] for i in ix.tolist()], tok.pad_id, device), ctx)  # (B, K)
+            logits = clf(*pad([seqs["train"][i] for i in ix.tolist()], tok.pad_id, device), ctx)  # (B, K)
             loss = F.cross_entropy(logits, ys["train"][ix.to(device)], weight=weights)
             if not torch.isfinite(loss):
                 fail(f"loss became {loss.item()} at iteration {it}; stopped. The best checkpoint so far in {out_dir}/ "
@@ -552,7 +613,6 @@ if __name__ == "__main__":
             optimizer_step(loss, optimizer, scaler, grad_clip)
             train_losses.append(loss.item())
         t_train = time.time() - t_train
-        torch.set_num_threads(threads)
         print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {best_iter} -> {ckpt_path}")
         # the test below reads the saved best checkpoint back, exactly as --eval_only reads it
         ckpt, clf, tok = load_classifier(out_dir, device)
