@@ -24,6 +24,8 @@ import re
 import sys
 import time
 
+T_PROCESS = time.time()  # the run's clock for time_budget starts here, before torch is imported
+
 import numpy as np
 import torch
 
@@ -78,6 +80,9 @@ dtype = "auto"  # auto (bf16 on capable GPUs, fp32 elsewhere), float32, bfloat16
 compile = False  # torch.compile the model
 seed = 1337
 max_seconds = 0.0  # stop (with a final eval + checkpoint) after this much training time; 0 = no limit
+time_budget = 0.0  # > 0: the whole run's wall time in seconds (start-up and every evaluation included): the
+# learning-rate schedule follows the clock (lr_decay_iters = the end of the budget) and the run stops so
+# that its final evaluation ends within the budget. Single process only; not reproducible step for step
 target_val_loss = 0.0  # stop at the first evaluation with val loss <= this (bench.py race); 0 = off
 # -----------------------------------------------------------------------------
 config = configure(globals())
@@ -89,6 +94,9 @@ try:
     device = pick_device(device)
 except ValueError as e:
     fail(e)
+if time_budget < 0 or (time_budget and ddp):
+    fail(f"time_budget must be >= 0 seconds and is for a single process (each rank would follow its own "
+         f"clock), got {time_budget}" + (" under torchrun" if ddp else ""))
 if ddp:
     from torch.distributed import destroy_process_group, init_process_group
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -321,15 +329,25 @@ stop = catch_stop_signals()
 t_start, t0 = time.time(), 0.0
 start_iter = iter_num
 train_time = 0.0  # seconds spent training, without evaluations (for max_seconds)
+eval_s, step_s = 0.0, 0.0  # how long the last evaluation and the last step took (for time_budget)
 while True:
-    lr = lr_schedule(iter_num, learning_rate, min_lr, warmup_iters, lr_decay_iters)
+    # with a time budget the schedule runs on the clock: the share of the budget spent, as an iteration
+    # of lr_decay_iters, so the rate has decayed when the time is up whatever this machine's speed
+    clock = time.time() - T_PROCESS
+    sched_iter = int(lr_decay_iters * clock / time_budget) if time_budget else iter_num
+    lr = lr_schedule(sched_iter, learning_rate, min_lr, warmup_iters, lr_decay_iters)
     for opt in optimizers:  # Muon's rate follows the same schedule, scaled
         for group in opt.param_groups:
             group["lr"] = lr * (muon_lr / learning_rate if isinstance(opt, Muon) else 1.0)
     last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop["signal"]
+    # stop while there is still time for one more evaluation (as long as the last one took), two steps,
+    # and 2 s to write the last checkpoint and leave the interpreter
+    last_step = last_step or (time_budget and clock + eval_s + 2 * step_s + 2.0 >= time_budget)
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
+        t_eval = time.time()
         losses = estimate_loss()
+        eval_s = time.time() - t_eval
         if not all(math.isfinite(v) for v in losses.values()):  # the weights went bad: keep the last good files
             fail(f"the evaluation at iteration {iter_num} gave a non-finite loss ({losses}); stopped without "
                  f"saving. The last good checkpoint in {out_dir}/ is kept. Try a lower --learning_rate")
@@ -372,7 +390,8 @@ while True:
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
     scaled_step(optimizers, scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
-    train_time += time.time() - tstep
+    step_s = time.time() - tstep
+    train_time += step_s
     iter_num += 1
 
     if master and iter_num % log_interval == 0:
@@ -381,7 +400,10 @@ while True:
         lossf = loss.item() * gradient_accumulation_steps
         tok_s = tokens_per_iter / dt
         eta = (max_iters - iter_num) * train_time / max(1, iter_num - start_iter)
-        print(f"iter {iter_num}/{max_iters} | loss {lossf:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+        step = f"{iter_num}/{max_iters}"
+        if time_budget:  # the clock, not the iteration count, ends this run
+            eta, step = max(0.0, time_budget - (time.time() - T_PROCESS)), f"{iter_num}"
+        print(f"iter {step} | loss {lossf:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
               f"{dt * 1000:.0f} ms/iter | ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
         history.append({"iter": iter_num, "loss": lossf, "lr": lr, "tokens_per_s": round(tok_s)})
         write_log(append=history[-1])

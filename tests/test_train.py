@@ -214,3 +214,28 @@ def test_export_weights_is_small_bf16_and_loads(tiny_run):
     with torch.no_grad():
         pa, pb = torch.softmax(a(idx)[0], -1), torch.softmax(b(idx)[0], -1)
     assert next(b.parameters()).dtype == torch.float32 and (pa - pb).abs().max() < 0.05
+
+
+def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
+    """config/pretrain_300s_cpu.py as shipped (its model, its schedule), with a 20-second budget on the tiny
+    corpus: the run stops by itself inside the budget, its last line is the best val loss, and the learning
+    rate has decayed to min_lr because the schedule follows the clock (by iterations it would have barely
+    started: lr_decay_iters is set far beyond what 20 s can reach)."""
+    import time
+    budget = 20.0
+    t0 = time.time()
+    p, = run_many([("train.py", os.path.join(ROOT, "config", "pretrain_300s_cpu.py"), "--dataset=tiny",
+                    "--out_dir=budget", f"--time_budget={budget}", "--max_iters=1000000", "--lr_decay_iters=1000000",
+                    "--log_interval=1", "--eval_interval=20")], cwd=tiny_run)
+    wall = time.time() - t0
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[-1].startswith("done: best val loss"), lines[-3:]
+    ck = torch.load(tiny_run / "budget" / "last.pt", weights_only=True)
+    cfg, logs = ck["config"], [h for h in ck["history"] if "lr" in h]
+    assert 0 < ck["iter_num"] < 1000000 and len(logs) >= 10  # stopped by the clock, not by max_iters
+    assert logs[-1]["lr"] < cfg["min_lr"] + 0.1 * (cfg["learning_rate"] - cfg["min_lr"])  # decayed by the clock
+    assert max(h["lr"] for h in logs) > 0.5 * cfg["learning_rate"]  # after warming up to the peak
+    assert wall < budget + 10  # inside the budget, with room for the interpreter's start and exit on a busy machine
+    bad = run("train.py", TINY, "--dataset=tiny", "--out_dir=budget_bad", "--time_budget=-1", cwd=tiny_run)
+    assert "time_budget must be >= 0" in assert_one_line_error(bad)
