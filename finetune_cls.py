@@ -11,7 +11,8 @@ Finetune the pretrained GPT as a text classifier (the shipped task: reviews, pos
 
 How it works: each text goes through the GPT, right-padded with <pad> to the longest text of its
 batch. One vector per text is read from the final hidden states (pool='last': the last real token;
-'mean': the mean over the real tokens) and a linear head turns it into one score per label. With the
+'mean': the mean over the real tokens; 'layers': that mean for every block's output and the final
+states, side by side) and a linear head turns it into one score per label. With the
 backbone frozen those vectors never change, so they are computed once and only the head trains.
 
 The best model on val (macro-F1 or accuracy) is written atomically to out_dir/ckpt.pt (kind 'cls':
@@ -58,7 +59,8 @@ eval_only = False  # score out_dir's classifier on the test split of data, witho
 predict = None  # a text to classify with out_dir's classifier: prints the label and the probabilities
 predict_file = ""  # a file of texts to classify, one per line
 # classifier
-pool = "last"  # 'last': hidden state of the last real token; 'mean': mean over the real tokens
+pool = "last"  # 'last': hidden state of the last real token; 'mean': mean over the real tokens; 'layers': the
+# mean over the real tokens of every block's output and of the final states, side by side
 freeze = "backbone"  # 'backbone': only the head trains (a linear probe, below); 'last_n': also the last
 # unfreeze_last blocks and ln_f; 'none': everything
 unfreeze_last = 1
@@ -86,6 +88,7 @@ config = configure(globals(), None if __name__ == "__main__" else [])  # importe
 # data ------------------------------------------------------------------------
 SPLITS = ("train", "val", "test")
 EXTS = (".tsv", ".csv", ".jsonl")
+POOLS = ("last", "mean", "layers")
 
 
 def prepare_text(text):
@@ -209,14 +212,16 @@ def pad(seqs, pad_id, device):
 
 # model -----------------------------------------------------------------------
 class Classifier(nn.Module):
-    """A GPT backbone, a pooling ('last' | 'mean') and a linear head: one score per label and text."""
+    """A GPT backbone, a pooling ('last' | 'mean' | 'layers') and a linear head: one score per label and text."""
 
     def __init__(self, backbone, n_labels, pool="last"):
         super().__init__()
-        if pool not in ("last", "mean"):
-            raise ValueError(f"pool must be 'last' or 'mean', got '{pool}'")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
         self.backbone, self.pool = backbone, pool
-        self.head = nn.Linear(backbone.config.n_embd, n_labels)
+        # 'layers' reads n_layer + 1 vectors of n_embd per text: the head sees them side by side
+        width = backbone.config.n_embd * (backbone.config.n_layer + 1 if pool == "layers" else 1)
+        self.head = nn.Linear(width, n_labels)
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)  # the GPT's own init: near-uniform probabilities
         nn.init.zeros_(self.head.bias)
 
@@ -225,12 +230,15 @@ class Classifier(nn.Module):
         the pads, all after the text, never reach the hidden states of the real tokens: the vector is
         the same however much padding the batch needs. ctx (autocast) covers the backbone only."""
         with ctx:
-            h = self.backbone.hidden_states(idx)  # (B, T, C)
-        h = h.float()
+            hs = self.backbone.hidden_states(idx, every_layer=True)  # n_layer + 1 of (B, T, C); the last: final
+        h = hs[-1].float()
         if self.pool == "last":
             return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C) last real token of each row
         real = (torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
-        return (h * real).sum(dim=1) / lengths[:, None]  # (B, C) mean over the real tokens only
+        # mean over the real tokens only: (B, C), or (B, (n_layer + 1) C) for every layer side by side. Lower
+        # layers hold more of what a text is about, the last one more of what comes next in it
+        return torch.cat([(x.float() * real).sum(dim=1) / lengths[:, None]
+                          for x in (hs if self.pool == "layers" else hs[-1:])], dim=-1)
 
     def forward(self, idx, lengths, ctx=nullcontext()):
         return self.head(self.features(idx, lengths, ctx))  # (B, K)
@@ -260,14 +268,14 @@ def load_classifier(path, device, cli=True):
         ckpt = load_checkpoint(path, kinds=("cls",))  # torch.load(weights_only=True) inside
         gpt, tok = model_from_checkpoint(ckpt, device)  # the GPT's keys must fit model_args
         state, labels = ckpt["model"], ckpt.get("labels")
-        if "head.weight" not in state or "head.bias" not in state or not labels or ckpt.get("pool") not in ("last", "mean"):
+        if "head.weight" not in state or "head.bias" not in state or not labels or ckpt.get("pool") not in POOLS:
             raise CheckpointError(f"{path}: a 'cls' checkpoint without its head, labels or pooling")
         clf = Classifier(gpt, len(labels), ckpt["pool"])
         try:
             clf.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
         except RuntimeError:  # a size mismatch
             raise CheckpointError(f"{path}: the head ({tuple(state['head.weight'].shape)} weights) does not fit "
-                                  f"{len(labels)} labels on the backbone's {gpt.config.n_embd}-wide vectors")
+                                  f"{len(labels)} labels on the backbone's {clf.head.in_features}-wide vectors")
     except CheckpointError as e:
         if cli:
             fail(e)
@@ -403,8 +411,8 @@ def print_report(ckpt, y, pred, source, tfidf_pred=None):
 # the program -----------------------------------------------------------------
 if __name__ == "__main__":
     t_start = time.time()
-    if pool not in ("last", "mean"):
-        fail(f"pool must be 'last' or 'mean', got '{pool}'")
+    if pool not in POOLS:
+        fail(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
     if freeze not in ("backbone", "last_n", "none"):
         fail(f"freeze must be 'backbone', 'last_n' or 'none', got '{freeze}'")
     if metric not in ("macro_f1", "accuracy"):

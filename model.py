@@ -167,8 +167,9 @@ class GPT(nn.Module):
         # quantized layers (quantize.py) hold their weights as integer buffers: count those values too
         return n + sum(m.weight_q.numel() * (2 if m.bits == 4 else 1) for m in self.modules() if hasattr(m, "weight_q"))
 
-    def hidden_states(self, idx, caches=None, pos0=0):
-        """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). Used by classification."""
+    def hidden_states(self, idx, caches=None, pos0=0, every_layer=False):
+        """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). Used by classification, which
+        can also ask for every_layer: a list of each block's output, then the final states (n_layer + 1)."""
         B, T = idx.size()
         if pos0 + T > self.config.block_size:
             raise ValueError(f"sequence of {pos0 + T} tokens is longer than block_size {self.config.block_size}")
@@ -177,9 +178,11 @@ class GPT(nn.Module):
             x = x + self.wpe.weight[pos0:pos0 + T]  # + (T, C): the rows of positions pos0 .. pos0+T-1
         if self.training and self.drop.p > 0:
             x = self.drop(x)
+        layers = []
         for i, block in enumerate(self.h):
             x = block(x, None if caches is None else caches[i])
-        return self.ln_f(x)
+            layers.append(x)
+        return layers + [self.ln_f(x)] if every_layer else self.ln_f(x)
 
     def forward(self, idx, targets=None):
         """idx (B, T) -> logits (B, T, V); with targets (B, T), also the mean cross-entropy.
