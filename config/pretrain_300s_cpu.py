@@ -2,35 +2,23 @@
 # tiny shakespeare for its 10.7M-parameter model after 3 minutes on an A100):
 #   python train.py config/pretrain_300s_cpu.py --dataset=shakespeare_char
 # It is the fast recipe of config/pretrain_fast_cpu.py (128 wide, rotary positions, RMSNorm, relu², no
-# biases, block 128 x batch 16, bf16 where the CPU has it) one layer deeper (3: over 300 s depth pays,
-# over the 20 s of the race it does not), with a time budget instead of an iteration count: the learning-rate schedule runs on the clock, so it has decayed when the 300 s are up on a fast
-# or a slow machine, and the run stops in time for its last evaluation, printing its best val loss last.
-# Measured results and what else was tried: README "Loss within 300 s".
-from checkpoint import cpu_has_fast_bf16
+# biases, block 128 x batch 16, bf16 where the CPU has it), read from that file below, one layer deeper
+# (3: over 300 s depth pays, over the 20 s of the race it does not), with a time budget instead of an
+# iteration count: the learning-rate schedule runs on the clock, so it has decayed when the 300 s are
+# up on a fast or a slow machine, and the run stops in time for its last evaluation, printing its best
+# val loss last. Measured results and what else was tried: README "Loss within 300 s".
+import os
 
-dataset = "shakespeare_char"
+import configurator
+
+globals().update(configurator.read_config_file(
+    os.path.join(os.path.dirname(os.path.abspath(configurator.__file__)), "config", "pretrain_fast_cpu.py")))
 out_dir = "out-300s"
+n_layer = 3
 time_budget = 300.0  # seconds of wall time from process start, start-up and evaluations included
 max_iters = 10**9  # the clock stops the run
 lr_decay_iters = 1000  # the schedule's length in clock units: the whole budget ...
 warmup_iters = 20  # ... of which the first 2% warm up
-block_size = 128
-batch_size = 16
-n_layer = 3
-n_head = 4
-n_embd = 128
-dropout = 0.0
-bias = False
-pos = "rope"
-norm = "rmsnorm"
-mlp = "relu2"
-learning_rate = 3e-3
-min_lr = 3e-4
-beta2 = 0.99
-weight_decay = 0.1
 eval_interval = 500
 eval_iters = 20
-eval_train = False
 log_interval = 50
-device = "cpu"
-dtype = "bfloat16" if cpu_has_fast_bf16() else "auto"
