@@ -560,7 +560,7 @@ if __name__ == "__main__":
                                     None if weights is None else weights.cpu(), folds)
             probe = {"probe": {"l2": l2, "cv_accuracy": cv_acc}}  # saved with the checkpoint
             print(f"linear probe (logistic regression, L-BFGS) in {time.time() - t0:.1f}s: L2 {l2:g}"
-                  + (f", chosen by {folds}-fold cross-validation on train (accuracy {cv_acc:.3f})" if cv_acc else ""))
+                  + (f", chosen by {folds}-fold cross-validation on train (accuracy {cv_acc:.3f})" if cv_acc is not None else ""))
 
         # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
         stop = catch_stop_signals()
