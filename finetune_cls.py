@@ -59,8 +59,9 @@ eval_only = False  # score out_dir's classifier on the test split of data, witho
 predict = None  # a text to classify with out_dir's classifier: prints the label and the probabilities
 predict_file = ""  # a file of texts to classify, one per line
 # classifier
-pool = "last"  # 'last': hidden state of the last real token; 'mean': mean over the real tokens; 'layers': the
-# mean over the real tokens of every block's output and of the final states, side by side
+pool = "layers"  # 'layers': the mean over the real tokens of every block's output and of the final states, side
+# by side (the best for the linear probe, README); 'mean': that mean of the final states only; 'last': the
+# final hidden state of the last real token
 freeze = "backbone"  # 'backbone': only the head trains (a linear probe, below); 'last_n': also the last
 # unfreeze_last blocks and ln_f; 'none': everything
 unfreeze_last = 1
@@ -214,7 +215,7 @@ def pad(seqs, pad_id, device):
 class Classifier(nn.Module):
     """A GPT backbone, a pooling ('last' | 'mean' | 'layers') and a linear head: one score per label and text."""
 
-    def __init__(self, backbone, n_labels, pool="last"):
+    def __init__(self, backbone, n_labels, pool="layers"):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
