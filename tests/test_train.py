@@ -226,7 +226,7 @@ def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
     t0 = time.time()
     p, = run_many([("train.py", os.path.join(ROOT, "config", "pretrain_300s_cpu.py"), "--dataset=tiny",
                     "--out_dir=budget", f"--time_budget={budget}", "--max_iters=1000000", "--lr_decay_iters=1000000",
-                    "--log_interval=1", "--eval_interval=20")], cwd=tiny_run)
+                    "--log_interval=1", "--eval_interval=20", "--eval_iters=2")], cwd=tiny_run)
     wall = time.time() - t0
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
@@ -234,7 +234,9 @@ def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
     ck = torch.load(tiny_run / "budget" / "last.pt", weights_only=True)
     cfg, logs = ck["config"], [h for h in ck["history"] if "lr" in h]
     assert 0 < ck["iter_num"] < 1000000 and len(logs) >= 10  # stopped by the clock, not by max_iters
-    assert logs[-1]["lr"] < cfg["min_lr"] + 0.1 * (cfg["learning_rate"] - cfg["min_lr"])  # decayed by the clock
+    # decayed by the clock: the run stops a few seconds before the end of the budget (its last evaluation,
+    # two steps and 2 s), near the bottom of the cosine; by iterations the rate would still be at its peak
+    assert logs[-1]["lr"] < cfg["min_lr"] + 0.25 * (cfg["learning_rate"] - cfg["min_lr"])
     assert max(h["lr"] for h in logs) > 0.5 * cfg["learning_rate"]  # after warming up to the peak
     assert wall < budget + 10  # inside the budget, with room for the interpreter's start and exit on a busy machine
     bad = run("train.py", TINY, "--dataset=tiny", "--out_dir=budget_bad", "--time_budget=-1", cwd=tiny_run)
