@@ -217,12 +217,12 @@ def test_export_weights_is_small_bf16_and_loads(tiny_run):
 
 
 def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
-    """config/pretrain_300s_cpu.py as shipped (its model, its schedule), with a 20-second budget on the tiny
+    """config/pretrain_300s_cpu.py as shipped (its model, its schedule), with a 12-second budget on the tiny
     corpus: the run stops by itself inside the budget, its last line is the best val loss, and the learning
     rate has decayed to min_lr because the schedule follows the clock (by iterations it would have barely
-    started: lr_decay_iters is set far beyond what 20 s can reach)."""
+    started: lr_decay_iters is set far beyond what 12 s can reach)."""
     import time
-    budget = 20.0
+    budget = 12.0
     t0 = time.time()
     p, = run_many([("train.py", os.path.join(ROOT, "config", "pretrain_300s_cpu.py"), "--dataset=tiny",
                     "--out_dir=budget", f"--time_budget={budget}", "--max_iters=1000000", "--lr_decay_iters=1000000",
