@@ -556,12 +556,12 @@ if __name__ == "__main__":
             print(f"features of {len(seqs['train']) + len(seqs['val'])} texts computed once in {time.time() - t0:.1f}s")
             t0 = time.time()
             folds = min(5, int(label_counts.min()))  # every fold needs texts of every label
-            l2, cv_acc = probe_head(clf.head, feats["train"].float().cpu(), ys["train"].cpu(), len(labels),
+            l2, cv_acc = probe_head(clf.head, feats["train"].cpu(), ys["train"].cpu(), len(labels),
                                     probe_l2 or (0.0 if folds >= 2 else 1e-2), seed,
                                     None if weights is None else weights.cpu(), folds)
             probe = {"probe": {"l2": l2, "cv_accuracy": cv_acc}}  # saved with the checkpoint
-            print(f"linear probe (logistic regression, L-BFGS) in {time.time() - t0:.1f}s: L2 {l2:g}"
-                  + (f", chosen by {folds}-fold cross-validation on train (accuracy {cv_acc:.3f})" if cv_acc is not None else ""))
+            chosen = "" if cv_acc is None else f", chosen by {folds}-fold cross-validation on train (accuracy {cv_acc:.3f})"
+            print(f"linear probe (logistic regression, L-BFGS) in {time.time() - t0:.1f}s: L2 {l2:g}{chosen}")
 
         # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
         stop = catch_stop_signals()

@@ -4,10 +4,11 @@
 # final val loss (~1.886) in ~15 s from process start, two in ~23 s (2026-11-30, README
 # "Performance"). Over longer budgets depth pays again: config/pretrain_300s_cpu.py reads this file
 # and uses 3 layers. The other levers that paid off here: rotary positions, RMSNorm, relu² MLP, no
-# biases; a longer context per step (block 128, batch 16: 2,048 tokens instead of 768), a 3x higher learning rate, a short cosine schedule so the rate has
-# decayed by the time the target is near, and cheaper evaluations (val only, 8 batches = 16k
-# tokens, about what the baseline's 20 x 12 x 64 hold) every 25 iterations; bf16 autocast where the
-# CPU computes it natively (~13% less time to the target here, measured 2026-11-29).
+# biases; a longer context per step (block 128, batch 16: 2,048 tokens instead of 768), a 3x higher
+# learning rate, a short cosine schedule so the rate has decayed by the time the target is near, and
+# cheaper evaluations (val only, 8 batches = 16k tokens, about what the baseline's 20 x 12 x 64 hold)
+# every 25 iterations; bf16 autocast where the CPU computes it natively (~13% less time to the target
+# here, measured 2026-11-29).
 from checkpoint import cpu_has_fast_bf16
 
 dataset = "shakespeare_char"
