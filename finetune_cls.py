@@ -560,7 +560,8 @@ if __name__ == "__main__":
                                     probe_l2 or (0.0 if folds >= 2 else 1e-2), seed,
                                     None if weights is None else weights.cpu(), folds)
             probe = {"probe": {"l2": l2, "cv_accuracy": cv_acc}}  # saved with the checkpoint
-            chosen = "" if cv_acc is None else f", chosen by {folds}-fold cross-validation on train (accuracy {cv_acc:.3f})"
+            chosen = "" if cv_acc is None else (f", chosen by {folds}-fold cross-validation on train "
+                                                f"(accuracy {cv_acc:.3f})")
             print(f"linear probe (logistic regression, L-BFGS) in {time.time() - t0:.1f}s: L2 {l2:g}{chosen}")
 
         # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
