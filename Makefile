@@ -7,12 +7,18 @@ PIP := .venv/bin/pip
 
 .PHONY: demo test app serve clean venv backbone backbone-bpe
 
-.venv/.installed: requirements.txt requirements-dev.txt
+# two stamps: what the scripts need (requirements.txt), and on top what the tests need (requirements-dev.txt),
+# so that `make demo` does not install the test tools (pytest, playwright, the openai client, ...)
+.venv/.installed: requirements.txt
 	python3 -m venv .venv
+	$(PIP) install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+.venv/.installed-dev: .venv/.installed requirements-dev.txt
 	$(PIP) install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-venv: .venv/.installed
+venv: .venv/.installed-dev
 
 demo: .venv/.installed
 	$(PY) prepare.py --tokenizer=bpe --vocab_size=2048
@@ -40,7 +46,7 @@ backbone-bpe: .venv/.installed
 
 # two pytest workers (pytest-xdist), one torch thread each: most tests are short subprocesses whose
 # start-up (importing torch) overlaps well, and two 2-thread torch jobs on 2 cores slow each other down
-test: .venv/.installed
+test: .venv/.installed-dev
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal tests
 
 app: .venv/.installed
