@@ -38,7 +38,7 @@ backbone: .venv/.installed
 	$(PY) checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
 
 # the shipped BPE backbone pretrained/es-bpe2048-4x128/ that the demo's instruction finetune starts
-# from: the demo's own 4x128 model trained 6.4x longer (about 27 minutes on 2 CPU cores)
+# from: the 4x128 model of config/pretrain_char.py trained 5,400 steps (about 27 minutes on 2 CPU cores)
 backbone-bpe: .venv/.installed
 	$(PY) prepare.py --tokenizer=bpe --vocab_size=2048
 	$(PY) train.py config/pretrain_char.py config/pretrain_backbone_bpe.py --overwrite=True
