@@ -230,16 +230,16 @@ class Classifier(nn.Module):
         """(B, T) right-padded ids, (B,) lengths -> (B, C), one vector per text. Attention is causal, so
         the pads, all after the text, never reach the hidden states of the real tokens: the vector is
         the same however much padding the batch needs. ctx (autocast) covers the backbone only."""
-        with ctx:
-            hs = self.backbone.hidden_states(idx, every_layer=True)  # n_layer + 1 of (B, T, C); the last: final
-        h = hs[-1].float()
+        with ctx:  # 'layers': n_layer + 1 of (B, T, C), the final states last; otherwise the final states
+            hs = self.backbone.hidden_states(idx, every_layer=self.pool == "layers")
+        hs = hs if self.pool == "layers" else [hs]
         if self.pool == "last":
+            h = hs[-1].float()
             return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C) last real token of each row
-        real = (torch.arange(h.size(1), device=h.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
+        real = (torch.arange(idx.size(1), device=idx.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
         # mean over the real tokens only: (B, C), or (B, (n_layer + 1) C) for every layer side by side. Lower
         # layers hold more of what a text is about, the last one more of what comes next in it
-        return torch.cat([(x.float() * real).sum(dim=1) / lengths[:, None]
-                          for x in (hs if self.pool == "layers" else hs[-1:])], dim=-1)
+        return torch.cat([(x.float() * real).sum(dim=1) / lengths[:, None] for x in hs], dim=-1)
 
     def forward(self, idx, lengths, ctx=nullcontext()):
         return self.head(self.features(idx, lengths, ctx))  # (B, K)

@@ -178,10 +178,11 @@ class GPT(nn.Module):
             x = x + self.wpe.weight[pos0:pos0 + T]  # + (T, C): the rows of positions pos0 .. pos0+T-1
         if self.training and self.drop.p > 0:
             x = self.drop(x)
-        layers = []
+        layers = []  # each block's output, kept only for every_layer (sampling never asks for them)
         for i, block in enumerate(self.h):
             x = block(x, None if caches is None else caches[i])
-            layers.append(x)
+            if every_layer:
+                layers.append(x)
         return layers + [self.ln_f(x)] if every_layer else self.ln_f(x)
 
     def forward(self, idx, targets=None):
