@@ -16,6 +16,7 @@ target val loss or the time budget, and prints time to target (evaluations inclu
 val loss reached within the budget, tokens/s and the ratio. Its numbers are wall clock: run it
 on an otherwise idle machine.
 """
+import copy
 import json
 import os
 import re
@@ -54,6 +55,7 @@ prompt_len = -1  # -1: a prompt that fills the block (sampling at the block size
 prompt_file = "data/es/corpus/a_perros.txt"  # where a longer prompt comes from
 runs = 5
 batch = 8  # also decode this many prompts at once (cached) and compare the aggregate tokens/s to batch 1; 1: skip
+compile = False  # also time the cached steps compiled (GPT.compile_decoding), batch 1 and batch, in the same runs
 # prepare: a generated folder (.txt in UTF-8 and Latin-1, .jsonl.gz, .parquet) made of the shipped text
 prepare_mb = 2000
 prepare_dir = "bench-prepare"  # generated once (reused while its size fits), then prepared into data/bench_prepare
@@ -294,18 +296,31 @@ def bench_sample():
     rows = [ids[i * n:(i + 1) * n] for i in range(batch)]
     prompts = torch.tensor(rows, dtype=torch.long, device=device)  # (batch, T)
     idx = prompts[:1]  # (1, T)
-    times, outputs = {True: [], False: [], "batch": []}, {}
+    models = {True: model, False: model, "batch": model}
+    if compile:  # a second copy whose steps run compiled (the plain one stays the reference)
+        compiled = copy.deepcopy(model)
+        t0 = time.perf_counter()
+        try:
+            compiled.compile_decoding()
+            compiled.generate(prompts, 2, temperature=0.0)  # the batch's step compiles too, before timing
+        except Exception as e:  # no C++ compiler, an unsupported device
+            fail(f"--compile=True failed ({type(e).__name__})")
+        print(f"compiled the decoding step in {time.perf_counter() - t0:.1f}s (batch 1 and {batch})")
+        models.update({"compiled": compiled, "compiled batch": compiled})
+    keys = [k for k in models if batch > 1 or "batch" not in str(k)]
+    times, outputs = {k: [] for k in keys}, {}
     for _ in range(runs):  # alternate the settings so that a slow spell of the machine hits all of them
-        for key in (True, False, "batch"):
-            if key == "batch" and batch == 1:
-                continue
+        for key in keys:
             t0 = time.perf_counter()
-            outputs[key] = model.generate(prompts if key == "batch" else idx, max_new_tokens, temperature=0.0,
-                                          use_cache=key is not False)
+            outputs[key] = models[key].generate(prompts if "batch" in str(key) else idx, max_new_tokens,
+                                                temperature=0.0, use_cache=key is not False)
             times[key].append(time.perf_counter() - t0)
     # tokens/s: new tokens per second, summed over the rows of a batch
-    results = {k: max_new_tokens * (batch if k == "batch" else 1) / statistics.median(v) for k, v in times.items() if v}
+    results = {k: max_new_tokens * (batch if "batch" in str(k) else 1) / statistics.median(v) for k, v in times.items()}
     same = torch.equal(outputs[True], outputs[False])
+    if compile:
+        same = same and torch.equal(outputs[True], outputs["compiled"]) and torch.equal(outputs["batch"],
+                                                                                        outputs["compiled batch"])
     print(f"{out_dir}: {model.num_params():,} parameters, block_size {bs}, prompt of {n} tokens, "
           f"{max_new_tokens} new tokens, greedy, median of {runs} runs on {device}, {torch.get_num_threads()} threads")
     print(f"{'KV cache':<12}{'batch':>6}{'tokens/s':>10}")
@@ -314,9 +329,15 @@ def bench_sample():
     if batch > 1:
         print(f"{'on':<12}{batch:>6}{results['batch']:>10,.0f}  (all rows together: "
               f"{results['batch'] / results[True]:.1f}x batch 1)")
+    if compile:
+        print(f"{'compiled':<12}{1:>6}{results['compiled']:>10,.0f}  ({results['compiled'] / results[True]:.2f}x "
+              f"the plain cached step)")
+        if batch > 1:
+            print(f"{'compiled':<12}{batch:>6}{results['compiled batch']:>10,.0f}  "
+                  f"({results['compiled batch'] / results['compiled']:.1f}x compiled batch 1)")
     print(f"speed-up {results[True] / results[False]:.1f}x | greedy outputs identical: {same}")
     if not same:
-        fail("cached and uncached greedy outputs differ")
+        fail("greedy outputs differ between the settings")
 
 
 def make_folder(path, megabytes):

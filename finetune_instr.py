@@ -51,6 +51,7 @@ patience = 6  # stop after this many evaluations without a better val loss
 ema = 0.99  # evaluate and save a moving average of the weights (0 = the last step's weights): it answers
 # new paraphrases better than any single step (see README)
 augment_prob = 0.3  # chance of each prompt noise (lowercase, no accents, no ¿?, a typo); 0 = off
+wrap_prob = 0.0  # chance of wrapping a prompt in small talk that asks nothing ("Hola. ... Gracias."); 0 = off
 bucket = True  # batches of similar length (a batch is padded to its longest example); False = plain shuffle
 max_new_tokens = 120  # answer length limit when evaluating
 # architecture for init_from='scratch' (a pretrained init brings its own): config/pretrain_char.py's
@@ -143,6 +144,14 @@ def encode(e, prompt=None):
 
 
 aug_rng = random.Random(seed)
+# words around a question that change nothing in what it asks (wrap_prob): people greet, explain why
+# they ask, and thank; a model trained only on bare questions can take such words as a new question
+OPENERS = ["Hola. ", "Buenas, ", "Una pregunta: ", "Oye, una cosa. ", "Disculpa la molestia. ", "A ver, ",
+           "Perdón si es obvio, pero ", "Estoy estudiando para un examen. ", "Mi sobrino me preguntó esto hoy. ",
+           "Estamos discutiendo en la cena. ", "Necesito saberlo para una tarea. ", "Tengo una duda. ",
+           "Buenos días. ", "Vi algo en la tele y me quedé pensando. ", "Pregunta rápida: "]
+CLOSERS = [" Gracias.", " ¡Gracias de antemano!", " ¿Me ayudas?", " Es para la escuela.", " Nunca me acuerdo.",
+           " Perdón por la pregunta.", " Me da curiosidad.", " Saludos.", " Es urgente."]
 
 
 def augment(p):
@@ -157,6 +166,9 @@ def augment(p):
     if aug_rng.random() < augment_prob and len(p) > 3:  # one typo: drop, double or swap a letter
         i, op = aug_rng.randrange(len(p) - 1), aug_rng.randrange(3)
         p = p[:i] + p[i + 1:] if op == 0 else p[:i] + p[i] + p[i:] if op == 1 else p[:i] + p[i + 1] + p[i] + p[i + 2:]
+    if aug_rng.random() < wrap_prob:  # small talk before, after, or on both sides
+        side = aug_rng.randrange(3)
+        p = (aug_rng.choice(OPENERS) if side != 1 else "") + p + (aug_rng.choice(CLOSERS) if side != 0 else "")
     return p
 
 

@@ -49,24 +49,19 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.n_embd, self.dropout, self.block_size = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.block_size
-        self.use_sdpa, self.rope, self.qk_norm = cfg.use_sdpa, cfg.pos == "rope", cfg.qk_norm
+        self.use_sdpa, self.qk_norm = cfg.use_sdpa, cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        # mask[i, j] = 1 where query i may look at key j (j <= i): the model never sees the future
-        mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size, dtype=torch.bool))
-        self.register_buffer("mask", mask.view(1, 1, cfg.block_size, cfg.block_size), persistent=False)
-        if self.rope:  # rotation angles for every position: (block_size, hs/2)
-            hs = cfg.n_embd // cfg.n_head
-            freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
-            ang = torch.arange(cfg.block_size, dtype=torch.float32)[:, None] * freq
-            self.register_buffer("cos", ang.cos(), persistent=False)
-            self.register_buffer("sin", ang.sin(), persistent=False)
         self.record = False  # set True to keep the attention weights in self.att (the app's heatmap)
         self.att = None
 
-    def forward(self, x, cache=None):
+    def forward(self, x, mask, rot=None, cache=None, pos=None):
+        """x (B, T, C) -> (B, T, C). mask: the causal mask's rows for the T tokens (GPT.hidden_states);
+        rot: RoPE's (cos, sin) at their positions. With a cache (a dict, filled here), pos (T,) holds the
+        tokens' positions in the window: their keys and values are written into the cache there, and
+        the queries attend to the whole cache, the mask hiding the slots after each of them."""
         B, T, C = x.size()
         hs = C // self.n_head
         # one matmul makes q, k and v for every head; a view + permute splits them: (3, B, nh, T, hs)
@@ -74,30 +69,28 @@ class CausalSelfAttention(nn.Module):
         qk, v = qkv[:2], qkv[2]  # q and k stay together: norm and rotation are one call for both
         if self.qk_norm:
             qk = F.rms_norm(qk, (hs,))
-        n = cache.get("n", 0) if cache is not None else 0  # positions the cache already holds
-        if self.rope:  # positions continue after what the cache already holds
-            qk = rope(qk, self.cos[n:n + T].to(qk.dtype), self.sin[n:n + T].to(qk.dtype))
+        if rot is not None:  # the angles of each token's own position
+            qk = rope(qk, rot[0].to(qk.dtype), rot[1].to(qk.dtype))
         q, k = qk  # (B, nh, T, hs) each
         if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
-            if "k" not in cache:  # room for a whole window, allocated once and filled from the left
-                cache["k"] = k.new_empty(B, self.n_head, self.block_size, hs)
-                cache["v"] = v.new_empty(B, self.n_head, self.block_size, hs)
-            cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v  # write in place: no copy of the rest
-            cache["n"] = n + T
-            k, v = cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]  # (B, nh, Tk, hs)
-        Tk = k.size(2)
-        # the T queries sit at positions Tk-T .. Tk-1, so they use those rows of the causal mask
-        mask = self.mask[:, :, Tk - T:Tk, :Tk] if T > 1 else None  # (1, 1, T, Tk); one new token sees all
+            if "k" not in cache:  # room for a whole window, allocated once
+                cache["k"] = k.new_zeros(B, self.n_head, self.block_size, hs)
+                cache["v"] = v.new_zeros(B, self.n_head, self.block_size, hs)
+            cache["k"].index_copy_(2, pos, k)  # write in place at the new positions: no copy of the rest
+            cache["v"].index_copy_(2, pos, v)
+            # every slot of the window, (B, nh, block_size, hs), the slots not written yet hidden by the
+            # mask. Shapes never change from one token to the next, which is what lets torch.compile
+            # turn a step into one program (compile_decoding)
+            k, v = cache["k"], cache["v"]
         p = self.dropout if self.training else 0.0
         if self.use_sdpa and not self.record:
-            # one fused kernel (flash / memory-efficient where available), same math as below;
-            # is_causal (T == Tk) and no mask at all (a single new token) pick the fastest kernels
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if T == Tk else mask,
-                                               is_causal=T == Tk and T > 1, dropout_p=p)
+            # one fused kernel (flash / memory-efficient where available), same math as below; without a
+            # cache, is_causal says the same as the mask and picks the fastest kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if cache is None else mask.to(q.dtype),
+                                               is_causal=cache is None and T > 1, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk) similarity scores
-            if mask is not None:
-                att = att.masked_fill(~mask, float("-inf"))  # causal: no peeking at later tokens
+            att = att + mask.to(att.dtype)  # + (T, Tk): -inf after each query's position (causal)
             att = F.softmax(att, dim=-1)  # each row: how much query i takes from each key
             if self.record:
                 self.att = att.detach()
@@ -131,8 +124,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)  # tokens talk to each other
+    def forward(self, x, mask, rot=None, cache=None, pos=None):
+        x = x + self.attn(self.ln_1(x), mask, rot, cache, pos)  # tokens talk to each other
         x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
         return x
 
@@ -148,8 +141,18 @@ class GPT(nn.Module):
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.compiled_step = None  # generation's one-token step, once compile_decoding() has run
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying: reading and writing tokens share a table
+        # shared by the blocks: the causal mask, added to the attention scores (mask[i, j] = 0 where query i
+        # may look at key j <= i, -inf where j > i: the model never sees the future), and RoPE's angles
+        bs, hs = cfg.block_size, cfg.n_embd // cfg.n_head
+        self.register_buffer("mask", torch.full((bs, bs), float("-inf")).triu(1), persistent=False)
+        if cfg.pos == "rope":  # rotation angles for every position: (block_size, hs/2)
+            freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+            ang = torch.arange(bs, dtype=torch.float32)[:, None] * freq
+            self.register_buffer("cos", ang.cos(), persistent=False)
+            self.register_buffer("sin", ang.sin(), persistent=False)
         # GPT-2 init: N(0, 0.02), residual projections scaled down so the residual stream stays small
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -167,20 +170,26 @@ class GPT(nn.Module):
         # quantized layers (quantize.py) hold their weights as integer buffers: count those values too
         return n + sum(m.weight_q.numel() * (2 if m.bits == 4 else 1) for m in self.modules() if hasattr(m, "weight_q"))
 
-    def hidden_states(self, idx, caches=None, pos0=0, every_layer=False):
-        """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). Used by classification, which
-        can also ask for every_layer: a list of each block's output, then the final states (n_layer + 1)."""
+    def hidden_states(self, idx, caches=None, pos=None, every_layer=False):
+        """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). With caches (one dict per block,
+        generate_stream), pos (T,) holds the tokens' positions in the window. Classification can also
+        ask for every_layer: a list of each block's output, then the final states (n_layer + 1)."""
         B, T = idx.size()
-        if pos0 + T > self.config.block_size:
-            raise ValueError(f"sequence of {pos0 + T} tokens is longer than block_size {self.config.block_size}")
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        # the tokens' positions: the window's first T, or (a cached step) pos; each token's mask row
+        # lets it see the positions up to its own (to the cache's slots, with a cache)
+        rows = slice(0, T) if pos is None else pos
+        mask = self.mask[rows, :T] if caches is None else self.mask[rows]  # (T, T) or (T, block_size)
+        rot = (self.cos[rows], self.sin[rows]) if self.config.pos == "rope" else None  # (T, hs/2) each
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe.weight[pos0:pos0 + T]  # + (T, C): the rows of positions pos0 .. pos0+T-1
+            x = x + self.wpe.weight[rows]  # + (T, C): the rows of the tokens' positions
         if self.training and self.drop.p > 0:
             x = self.drop(x)
         layers = []  # each block's output, kept only for every_layer (sampling never asks for them)
         for i, block in enumerate(self.h):
-            x = block(x, None if caches is None else caches[i])
+            x = block(x, mask, rot, None if caches is None else caches[i], pos)
             if every_layer:
                 layers.append(x)
         return layers + [self.ln_f(x)] if every_layer else self.ln_f(x)
@@ -198,6 +207,21 @@ class GPT(nn.Module):
         extra = {"fused": True} if device_type == "cuda" else {}
         return torch.optim.AdamW(param_groups(params, weight_decay), lr=learning_rate, betas=betas, **extra)
 
+    def next_logits(self, idx, caches=None, pos=None):
+        """(B, T) ids -> (B, V) float logits for the token after the last one (a step of generation)."""
+        return self.lm_head(self.hidden_states(idx, caches, pos)[:, -1, :]).float()
+
+    def compile_decoding(self):
+        """Run each one-token step of cached generation as one compiled program (torch.compile; on CPU
+        with inductor's C++ wrapper). At this size a step is ~40 tiny operations and the overhead
+        around each one (Python, dispatch) is most of its time. The step's shapes never change (a
+        fixed-size cache), so it compiles once per batch size: here, now, for batch 1 (~15 s on 2 CPU
+        cores). Needs a C++ compiler."""
+        device = self.wte.weight.device
+        options = {"cpp_wrapper": True} if device.type == "cpu" else None
+        self.compiled_step = torch.compile(self.next_logits, fullgraph=True, dynamic=False, options=options)
+        self.generate(torch.zeros(1, 1, dtype=torch.long, device=device), 2, temperature=0.0)  # compile now
+
     @torch.inference_mode()  # like no_grad, and also skips autograd's bookkeeping on views: ~10% faster here
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None,
                         use_cache=True, generator=None, top_p=None):
@@ -210,18 +234,21 @@ class GPT(nn.Module):
         bs = self.config.block_size
         start = max(0, idx.size(1) - bs)
         caches = None
+        positions = torch.arange(bs, device=idx.device)  # a token's position in the window
+        step = self.compiled_step or self.next_logits  # the one-token step (compile_decoding)
+        newest = idx[:, -1:]  # (B, 1) the token a cached step feeds in: the one written last
         for _ in range(max_new_tokens):
             if idx.size(1) - start > bs:  # window full: slide by half a block, drop the cache
                 start = idx.size(1) - bs // 2
                 caches = None
             if not use_cache:  # recompute the whole window every step (what the cache saves)
-                h = self.hidden_states(idx[:, start:])
+                logits = self.next_logits(idx[:, start:])
             elif caches is None:  # fill the cache with the whole window
                 caches = [{} for _ in self.h]
-                h = self.hidden_states(idx[:, start:], caches)
+                logits = self.next_logits(idx[:, start:], caches, positions[:idx.size(1) - start])
             else:  # only the newest token goes through the network
-                h = self.hidden_states(idx[:, -1:], caches, pos0=idx.size(1) - 1 - start)
-            logits = self.lm_head(h[:, -1, :]).float()  # (B, V) for the last position only
+                p = idx.size(1) - 1 - start
+                logits = step(newest, caches, positions[p:p + 1])
             if temperature == 0:
                 next_id = torch.argmax(logits, dim=-1)  # greedy
             else:
@@ -236,7 +263,8 @@ class GPT(nn.Module):
                     logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
                 probs = F.softmax(logits, dim=-1)
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-            idx = torch.cat([idx, next_id[:, None]], dim=1)
+            newest = next_id[:, None]  # a fresh (B, 1) tensor: the same strides at every step, as compile wants
+            idx = torch.cat([idx, newest], dim=1)
             yield next_id
             if stop_token is not None and bool((next_id == stop_token).all()):
                 return

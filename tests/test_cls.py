@@ -271,7 +271,7 @@ def test_layers_pool_puts_every_layers_mean_side_by_side(env):
         assert f.shape == (2, 48) and lay.head.in_features == 48
         assert torch.allclose(f[:, 32:], mean.features(idx, lengths), atol=1e-6)  # the last part: 'mean'
         x = lay.backbone.wte(idx[:1, :6]) + lay.backbone.wpe.weight[:6]  # SHORT's first block by hand, no padding
-        assert torch.allclose(f[0, :16], lay.backbone.h[0](x).mean(dim=1)[0], atol=1e-5)
+        assert torch.allclose(f[0, :16], lay.backbone.h[0](x, lay.backbone.mask[:6, :6]).mean(dim=1)[0], atol=1e-5)
         assert not torch.allclose(f[:, :16], f[:, 16:32])  # the layers differ: the parts are not copies
 
 

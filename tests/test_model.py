@@ -58,7 +58,7 @@ def test_arch_options_explicit_and_sdpa_agree(arch):
         assert m1.wpe is None and m1.lm_head.weight is not m1.wte.weight
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCHS + [{"use_sdpa": False}])
 @pytest.mark.parametrize("prompt_len", [1, 5, 16, 20])
 def test_kv_cache_greedy_equals_uncached_past_block_size(prompt_len, arch):
     m = _model(seed=3, **arch)
@@ -67,6 +67,19 @@ def test_kv_cache_greedy_equals_uncached_past_block_size(prompt_len, arch):
     b = m.generate(idx, 40, temperature=0.0, use_cache=False)
     assert a.shape == (2, prompt_len + 40)
     assert torch.equal(a, b)
+
+
+def test_compiled_decoding_gives_the_same_tokens():
+    """compile_decoding: the one-token steps run compiled (counted), the window slides (block_size 16),
+    and greedy decoding writes exactly the tokens of the plain model."""
+    m = _model(seed=5, **ARCHS[1])
+    idx = torch.randint(0, 23, (1, 5))
+    plain = m.generate(idx, 40, temperature=0.0)
+    m.compile_decoding()
+    steps, compiled = [], m.compiled_step
+    m.compiled_step = lambda *a: steps.append(1) or compiled(*a)
+    assert torch.equal(m.generate(idx, 40, temperature=0.0), plain)
+    assert len(steps) >= 30  # all but the steps that (re)fill the cache
 
 
 def test_generate_stop_token_and_sampling_controls():

@@ -1,5 +1,7 @@
 """sample.py: free text from a pretrained model, answers from an instruction model, and how it
 treats odd prompts and wrong checkpoints (one line, nothing on disk changed)."""
+import os
+
 import pytest
 import torch
 
@@ -48,6 +50,14 @@ def test_odd_prompts_are_answered_and_bad_ones_refused(instr_dir):
     for p, fragment in zip(bad, ["empty prompt", "empty prompt", "longer than"]):
         assert fragment in assert_one_line_error(p)
     assert digest(instr_dir) == before
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(tiny_run, tmp_path):
+    """--compile=True where torch.compile cannot build its C++ (no compiler; a fresh cache, so nothing
+    compiled earlier is reused): one line and exit 1, not torch's long traceback."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    p = run("sample.py", "--out_dir=out", "--compile=True", "--max_new_tokens=5", cwd=tiny_run, env=env)
+    assert "--compile=True failed" in assert_one_line_error(p)
 
 
 def test_missing_corrupt_and_wrong_kind_checkpoints(instr_dir, tiny_run, tmp_path):
