@@ -17,3 +17,6 @@ dropout = 0.0
 eval_interval = 50
 patience = 6
 ema = 0.99
+# small talk around 30% of the training prompts ("Hola. … ¿Me ayudas?"): over five seeds the facts rose
+# 1-2 points on each held-out file and complete questions after unrelated turns 6 points (README)
+wrap_prob = 0.3

@@ -50,26 +50,28 @@ def test_corpus_size_topics_and_no_repetition():
 
 def test_instruction_files_schema_sizes_and_no_leak():
     train, test, test2 = read_jsonl("train.jsonl"), read_jsonl("test.jsonl"), read_jsonl("test2.jsonl")
-    for rows in (train, test, test2):
+    test3 = read_jsonl("test3.jsonl")
+    for rows in (train, test, test2, test3):
         for r in rows:
             assert set(r) == {"prompt", "response", "kind"} and r["prompt"].strip() and r["response"].strip()
             assert r["kind"] in FACTS + ("abstain",) or r["kind"].startswith("fact:")
-    for rows, minimum in ((train, 60), (test, 20), (test2, 20)):
+    for rows, minimum in ((train, 60), (test, 20), (test2, 20), (test3, 9)):
         counts = collections.Counter(r["kind"] for r in rows)
         for kind in FACTS + ("abstain",):
             assert counts[kind] >= minimum, (kind, counts[kind])
     # one consistent answer per kind; abstentions say "No lo sé"
     for kind in FACTS + ("abstain",):
-        assert len({r["response"] for r in train + test + test2 if r["kind"] == kind}) == 1
-    assert all(r["response"].startswith("No lo sé") for r in train + test + test2 if r["kind"] == "abstain")
+        assert len({r["response"] for r in train + test + test2 + test3 if r["kind"] == kind}) == 1
+    assert all(r["response"].startswith("No lo sé") for r in train + test + test2 + test3 if r["kind"] == "abstain")
     near_misses = [r for r in train + test if r["kind"] == "abstain" and any(
         w in norm(r["prompt"]) for w in ("perro", "gato", "costa rica", "capital"))]
     assert len(near_misses) >= 40
-    # the two held-out files share no prompt with training or with each other
+    # the three held-out files share no prompt with training or with each other
     train_prompts = {norm(r["prompt"]) for r in train}
-    assert not [r["prompt"] for r in test + test2 if norm(r["prompt"]) in train_prompts]
-    assert not {norm(r["prompt"]) for r in test} & {norm(r["prompt"]) for r in test2}
-    for rows in (test, test2):
+    assert not [r["prompt"] for r in test + test2 + test3 if norm(r["prompt"]) in train_prompts]
+    for a, b in ((test, test2), (test, test3), (test2, test3)):
+        assert not {norm(r["prompt"]) for r in a} & {norm(r["prompt"]) for r in b}
+    for rows in (test, test2, test3):
         assert len({norm(r["prompt"]) for r in rows}) == len(rows)
 
 
