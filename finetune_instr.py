@@ -179,7 +179,9 @@ if truncated:
 order = list(range(len(examples)))
 random.Random(seed).shuffle(order)
 n_val = max(1, int(len(order) * val_fraction)) if len(order) > 1 else 0
-val_set = [as_written[i][:2] for i in order[:n_val]]  # validation: the prompts as written
+# validation: the prompts as written, shortest first, so that each batch of the val loss pads to a
+# similar length (the loss is a sum over examples: their order does not change it)
+val_set = sorted((as_written[i][:2] for i in order[:n_val]), key=lambda xy: len(xy[0]))
 train_set = [examples[i] for i in order[n_val:]]
 lengths = [len(as_written[i][0]) for i in order[n_val:]]  # of train_set, for bucket=True
 print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.num_params():,} parameters")
