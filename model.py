@@ -7,6 +7,9 @@ A GPT written from first principles, small enough to read in one sitting.
 Also here: generate() with a KV cache. Devices and checkpoints live in checkpoint.py.
 """
 import math
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -219,6 +222,9 @@ class GPT(nn.Module):
         cores). Needs a C++ compiler."""
         device = self.wte.weight.device
         options = {"cpp_wrapper": True} if device.type == "cpu" else None
+        cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # the one inductor calls
+        if device.type == "cpu" and not shutil.which(cxx):  # say so now, not after ~10 s of tracing
+            raise RuntimeError(f"torch.compile needs a C++ compiler on CPU, and '{cxx}' was not found")
         self.compiled_step = torch.compile(self.next_logits, fullgraph=True, dynamic=False, options=options)
         self.generate(torch.zeros(1, 1, dtype=torch.long, device=device), 2, temperature=0.0)  # compile now
 

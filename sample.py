@@ -50,7 +50,8 @@ if compile:
     try:
         model.compile_decoding()
     except Exception as e:  # no C++ compiler, an unsupported device: torch's errors are long, ours is one line
-        fail(f"--compile=True failed ({type(e).__name__}); without it sampling works as usual")
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        fail(f"--compile=True failed: {why} (without it sampling works as usual)")
 torch.manual_seed(seed)
 gen = torch.Generator(device=device).manual_seed(seed)
 if ckpt["kind"] == "instr":

@@ -53,11 +53,11 @@ def test_odd_prompts_are_answered_and_bad_ones_refused(instr_dir):
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(tiny_run, tmp_path):
-    """--compile=True where torch.compile cannot build its C++ (no compiler; a fresh cache, so nothing
-    compiled earlier is reused): one line and exit 1, not torch's long traceback."""
+    """--compile=True where torch.compile cannot build its C++ (the compiler named by CXX is missing):
+    one line, said before any tracing, and exit 1, not torch's long traceback."""
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     p = run("sample.py", "--out_dir=out", "--compile=True", "--max_new_tokens=5", cwd=tiny_run, env=env)
-    assert "--compile=True failed" in assert_one_line_error(p)
+    assert "--compile=True failed: torch.compile needs a C++ compiler" in assert_one_line_error(p)
 
 
 def test_missing_corrupt_and_wrong_kind_checkpoints(instr_dir, tiny_run, tmp_path):
