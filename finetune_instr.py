@@ -28,7 +28,7 @@ from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scale
 from configurator import configure, fail
 from evaluate import ExamplesError, answer_all, load_examples, print_table
 from model import GPT, GPTConfig, lr_schedule, pad_batch
-from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, strip_accents
+from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, noisy_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
@@ -144,32 +144,13 @@ def encode(e, prompt=None):
 
 
 aug_rng = random.Random(seed)
-# words around a question that change nothing in what it asks (wrap_prob): people greet, explain why
-# they ask, and thank; a model trained only on bare questions can take such words as a new question
-OPENERS = ["Hola. ", "Buenas, ", "Una pregunta: ", "Oye, una cosa. ", "Disculpa la molestia. ", "A ver, ",
-           "Perdón si es obvio, pero ", "Estoy estudiando para un examen. ", "Mi sobrino me preguntó esto hoy. ",
-           "Estamos discutiendo en la cena. ", "Necesito saberlo para una tarea. ", "Tengo una duda. ",
-           "Buenos días. ", "Vi algo en la tele y me quedé pensando. ", "Pregunta rápida: "]
-CLOSERS = [" Gracias.", " ¡Gracias de antemano!", " ¿Me ayudas?", " Es para la escuela.", " Nunca me acuerdo.",
-           " Perdón por la pregunta.", " Me da curiosidad.", " Saludos.", " Es urgente."]
 
 
 def augment(p):
-    """Noise people put in real questions: no capitals, no accents, no ¿?, a typo. Each training
-    step sees a different variant, so the model learns what a question asks, not its spelling."""
-    if aug_rng.random() < augment_prob:
-        p = p.lower()
-    if aug_rng.random() < augment_prob:
-        p = strip_accents(p)
-    if aug_rng.random() < augment_prob:
-        p = p.replace("¿", "").replace("¡", "").replace("?", "" if aug_rng.random() < 0.5 else "?")
-    if aug_rng.random() < augment_prob and len(p) > 3:  # one typo: drop, double or swap a letter
-        i, op = aug_rng.randrange(len(p) - 1), aug_rng.randrange(3)
-        p = p[:i] + p[i + 1:] if op == 0 else p[:i] + p[i] + p[i:] if op == 1 else p[:i] + p[i + 1] + p[i] + p[i + 2:]
-    if aug_rng.random() < wrap_prob:  # small talk before, after, or on both sides
-        side = aug_rng.randrange(3)
-        p = (aug_rng.choice(OPENERS) if side != 1 else "") + p + (aug_rng.choice(CLOSERS) if side != 0 else "")
-    return p
+    """A training prompt as people might type it (tokenizer.noisy_prompt: no capitals, no accents, no
+    ¿?, a typo, small talk around it): each step sees a different variant, so the model learns what a
+    question asks, not its spelling."""
+    return noisy_prompt(p, aug_rng, augment_prob, wrap_prob)
 
 
 as_written = [encode(e) for e in examples]  # (x, y, cut) of every example, its prompt as written

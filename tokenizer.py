@@ -43,6 +43,35 @@ def strip_accents(text):
     return unicodedata.normalize("NFC", text).replace("\0", "ñ").replace("\1", "Ñ")
 
 
+# words around a question that change nothing in what it asks (noisy_prompt's wrap_prob): people greet,
+# explain why they ask, and thank; a model trained only on bare questions can take them for a new question
+OPENERS = ["Hola. ", "Buenas, ", "Una pregunta: ", "Oye, una cosa. ", "Disculpa la molestia. ", "A ver, ",
+           "Perdón si es obvio, pero ", "Estoy estudiando para un examen. ", "Mi sobrino me preguntó esto hoy. ",
+           "Estamos discutiendo en la cena. ", "Necesito saberlo para una tarea. ", "Tengo una duda. ",
+           "Buenos días. ", "Vi algo en la tele y me quedé pensando. ", "Pregunta rápida: "]
+CLOSERS = [" Gracias.", " ¡Gracias de antemano!", " ¿Me ayudas?", " Es para la escuela.", " Nunca me acuerdo.",
+           " Perdón por la pregunta.", " Me da curiosidad.", " Saludos.", " Es urgente."]
+
+
+def noisy_prompt(p, rng, noise_prob, wrap_prob=0.0):
+    """The noise people put in real questions, for training (finetune_instr.py): each of no capitals, no
+    accents, no ¿?, and one typo with probability noise_prob; then, with probability wrap_prob, small
+    talk before, after or on both sides (OPENERS, CLOSERS). rng: a random.Random."""
+    if rng.random() < noise_prob:
+        p = p.lower()
+    if rng.random() < noise_prob:
+        p = strip_accents(p)
+    if rng.random() < noise_prob:
+        p = p.replace("¿", "").replace("¡", "").replace("?", "" if rng.random() < 0.5 else "?")
+    if rng.random() < noise_prob and len(p) > 3:  # one typo: drop, double or swap a letter
+        i, op = rng.randrange(len(p) - 1), rng.randrange(3)
+        p = p[:i] + p[i + 1:] if op == 0 else p[:i] + p[i] + p[i:] if op == 1 else p[:i] + p[i + 1] + p[i] + p[i + 2:]
+    if rng.random() < wrap_prob:
+        side = rng.randrange(3)  # 0: before, 1: after, 2: both
+        p = (rng.choice(OPENERS) if side != 1 else "") + p + (rng.choice(CLOSERS) if side != 0 else "")
+    return p
+
+
 class Tokenizer:
     """What both tokenizers share. The first ids are the special tokens (self.specials: SPECIALS, or its
     first five in older vocabularies); every other id stands for some bytes of UTF-8 text (a character,

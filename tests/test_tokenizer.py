@@ -1,8 +1,11 @@
 """tokenizer.py: the character tokenizer, text cleaning, special tokens, the instruction format."""
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenizer import BASE_CHARS, SPECIALS, CharTokenizer, clean_text, instruction_example
+from tokenizer import (BASE_CHARS, CLOSERS, OPENERS, SPECIALS, CharTokenizer, clean_text, instruction_example,
+                       noisy_prompt)
 
 
 def test_tokenizer_round_trip_and_specials_first():
@@ -68,3 +71,23 @@ def test_property_tokenizer_round_trip_unknowns_and_no_specials(vocab_text, text
     assert tok.vocab[: len(SPECIALS)] == SPECIALS
 
 
+
+
+def test_noisy_prompt_noise_and_small_talk():
+    """finetune_instr's prompt augmentation: off, it returns the prompt; noise_prob=1 lowercases, strips
+    accents and ¿ and adds one typo; wrap_prob=1 puts the prompt, intact, after an opener, before a
+    closer or between both, and all three happen."""
+    q = "¿El Gato es un félido?"
+    rng = random.Random(0)
+    assert all(noisy_prompt(q, rng, 0.0, 0.0) == q for _ in range(50))
+    for _ in range(50):
+        p = noisy_prompt(q, rng, 1.0)
+        assert p == p.lower() and "é" not in p and "¿" not in p
+        assert abs(len(p.rstrip("?")) - len("el gato es un felido")) <= 1  # one letter dropped, doubled or swapped
+    sides = set()
+    for _ in range(200):
+        p = noisy_prompt(q, rng, 0.0, 1.0)
+        head, _, tail = p.partition(q)
+        assert q in p and (head == "" or head in OPENERS) and (tail == "" or tail in CLOSERS) and (head or tail)
+        sides.add((bool(head), bool(tail)))
+    assert sides == {(True, False), (False, True), (True, True)}
