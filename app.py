@@ -729,7 +729,7 @@ def answer(prompt, res, settings, history=()):
     unambiguous alone (a follow-up such as "¿Y los gatos?" is the model's job)."""
     import streamlit as st
 
-    from model import answer_ids, prompt_ids
+    from chat import answer_ids, prompt_ids
 
     t0 = time.perf_counter()
     if settings.use_faq:

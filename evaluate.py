@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chat import prompt_ids
 from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail
 from corpus import CorpusError, read_text
-from model import prompt_ids
 from tokenizer import StreamDecoder, clean_text, instruction_example, load_tokenizer, strip_accents
 
 # -----------------------------------------------------------------------------

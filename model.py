@@ -4,7 +4,8 @@ A GPT written from first principles, small enough to read in one sitting.
     token ids (B, T) -> token + position embeddings -> n_layer x Block -> LayerNorm -> logits (B, T, V)
     Block = x + attn(ln(x)), then x + mlp(ln(x))      (pre-LN, like GPT-2)
 
-Also here: generate() with a KV cache. Devices and checkpoints live in checkpoint.py.
+Also here: generate() with a KV cache. Devices and checkpoints live in checkpoint.py; answering
+with an instruction model (the chat template around generate) in chat.py.
 """
 import math
 import os
@@ -61,10 +62,8 @@ class CausalSelfAttention(nn.Module):
         self.att = None
 
     def forward(self, x, mask, rot=None, cache=None, pos=None):
-        """x (B, T, C) -> (B, T, C). mask: the causal mask's rows for the T tokens (GPT.hidden_states);
-        rot: RoPE's (cos, sin) at their positions. With a cache (a dict, filled here), pos (T,) holds the
-        tokens' positions in the window: their keys and values are written into the cache there, and
-        the queries attend to the whole cache, the mask hiding the slots after each of them."""
+        """x (B, T, C) -> (B, T, C). mask, rot: the causal mask's rows and RoPE's (cos, sin) for the T
+        tokens (GPT.hidden_states); with a cache (a dict, filled here), pos (T,): their window positions."""
         B, T, C = x.size()
         hs = C // self.n_head
         # one matmul makes q, k and v for every head; a view + permute splits them: (3, B, nh, T, hs)
@@ -81,9 +80,8 @@ class CausalSelfAttention(nn.Module):
                 cache["v"] = v.new_zeros(B, self.n_head, self.block_size, hs)
             cache["k"].index_copy_(2, pos, k)  # write in place at the new positions: no copy of the rest
             cache["v"].index_copy_(2, pos, v)
-            # every slot of the window, (B, nh, block_size, hs), the slots not written yet hidden by the
-            # mask. Shapes never change from one token to the next, which is what lets torch.compile
-            # turn a step into one program (compile_decoding)
+            # attend to every slot, (B, nh, block_size, hs): the mask hides those not written yet, and the
+            # shapes never change from one token to the next (what compile_decoding needs)
             k, v = cache["k"], cache["v"]
         p = self.dropout if self.training else 0.0
         if self.use_sdpa and not self.record:
@@ -214,19 +212,23 @@ class GPT(nn.Module):
         """(B, T) ids -> (B, V) float logits for the token after the last one (a step of generation)."""
         return self.lm_head(self.hidden_states(idx, caches, pos)[:, -1, :]).float()
 
-    def compile_decoding(self):
-        """Run each one-token step of cached generation as one compiled program (torch.compile; on CPU
-        with inductor's C++ wrapper). At this size a step is ~40 tiny operations and the overhead
-        around each one (Python, dispatch) is most of its time. The step's shapes never change (a
-        fixed-size cache), so it compiles once per batch size: here, now, for batch 1 (~15 s on 2 CPU
-        cores). Needs a C++ compiler."""
+    def compile_decoding(self, batch_sizes=(1,)):
+        """Run each one-token step of cached generation as one compiled program (torch.compile, on CPU
+        with inductor's C++ wrapper): a step is ~40 tiny operations, whose overhead is most of its time.
+        Compiles once per batch size, here for batch_sizes (~15 s on 2 CPU cores). Needs a C++ compiler;
+        any failure is a RuntimeError of one line (torch's own messages are long)."""
         device = self.wte.weight.device
         options = {"cpp_wrapper": True} if device.type == "cpu" else None
         cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # the one inductor calls
         if device.type == "cpu" and not shutil.which(cxx):  # say so now, not after ~10 s of tracing
             raise RuntimeError(f"torch.compile needs a C++ compiler on CPU, and '{cxx}' was not found")
         self.compiled_step = torch.compile(self.next_logits, fullgraph=True, dynamic=False, options=options)
-        self.generate(torch.zeros(1, 1, dtype=torch.long, device=device), 2, temperature=0.0)  # compile now
+        try:
+            for b in batch_sizes:  # compile now: a prompt of one token, then one cached step
+                self.generate(torch.zeros(b, 1, dtype=torch.long, device=device), 2, temperature=0.0)
+        except Exception as e:
+            self.compiled_step = None
+            raise RuntimeError((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from e
 
     @torch.inference_mode()  # like no_grad, and also skips autograd's bookkeeping on views: ~10% faster here
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None,
@@ -270,7 +272,7 @@ class GPT(nn.Module):
                 probs = F.softmax(logits, dim=-1)
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
             newest = next_id[:, None]  # a fresh (B, 1) tensor: the same strides at every step, as compile wants
-            idx = torch.cat([idx, newest], dim=1)
+            idx = torch.hstack((idx, newest))  # (B, T + 1)
             yield next_id
             if stop_token is not None and bool((next_id == stop_token).all()):
                 return
@@ -312,40 +314,3 @@ def pad_batch(seqs, value):
     for i, s in enumerate(seqs):
         out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
     return out
-
-
-def prompt_ids(tok, prompt, block_size, max_new_tokens, history=(), system=""):
-    """What an instruction model sees for a prompt: the chat template (tokenizer.encode_chat: the
-    system prompt, earlier turns, <instr> prompt <resp>), oldest turns dropped and then the prompt cut
-    from the left if needed so that an answer of max_new_tokens (at most a quarter of the window: the
-    conversation matters more than room for an answer that long, which slides the window if
-    it comes) still fits. Returns (ids, tokens cut, turns dropped)."""
-    ids, dropped, cut = tok.encode_chat(prompt, history, system,
-                                        max_len=block_size - min(max_new_tokens, block_size // 4))
-    return ids, cut, dropped
-
-
-def answer_ids(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None,
-               history=(), system=""):
-    """Yield the token ids an instruction model writes after prompt (and the conversation so far), its
-    final <eos> included. Raw traces are built from these ids, not from the text: special tokens have
-    no text to encode back."""
-    ids = prompt_ids(tok, prompt, model.config.block_size, max_new_tokens, history, system)[0]
-    idx = torch.tensor([ids], dtype=torch.long, device=model.wte.weight.device)  # (1, T)
-    for t in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                                   stop_token=tok.eos_id, generator=generator):
-        yield t.item()
-
-
-def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None,
-                  history=(), system=""):
-    """Yield an instruction model's answer to prompt as text, token by token, until <eos>. A character
-    whose bytes BPE split across tokens comes out whole, once its last byte is there."""
-    from tokenizer import StreamDecoder
-    dec = StreamDecoder(tok)
-    for i in answer_ids(model, tok, prompt, max_new_tokens, temperature, top_k, generator, history, system):
-        text = dec.add(i)  # <eos> and the other specials add nothing
-        if text:
-            yield text
-    if text := dec.flush():
-        yield text

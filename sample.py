@@ -16,9 +16,9 @@ import sys
 
 import torch
 
+from chat import answer_ids, prompt_ids
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail
-from model import answer_ids, prompt_ids
 from tokenizer import StreamDecoder, clean_text
 
 # -----------------------------------------------------------------------------
@@ -49,9 +49,8 @@ except (ValueError, CheckpointError) as e:
 if compile:
     try:
         model.compile_decoding()
-    except Exception as e:  # no C++ compiler, an unsupported device: torch's errors are long, ours is one line
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        fail(f"--compile=True failed: {why} (without it sampling works as usual)")
+    except RuntimeError as e:  # no C++ compiler, an unsupported device
+        fail(f"--compile=True failed: {e} (without it sampling works as usual)")
 torch.manual_seed(seed)
 gen = torch.Generator(device=device).manual_seed(seed)
 if ckpt["kind"] == "instr":

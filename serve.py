@@ -130,7 +130,7 @@ def sampling(body):
 def checked_prompt(text, entry, instr, history=(), system="", max_tokens=0):
     """Prompt text -> token ids the model reads (for chat: the chat template with the earlier turns and
     the system prompt), or a 400 if the question (with the system prompt) cannot be read whole."""
-    from model import prompt_ids
+    from chat import prompt_ids
     from tokenizer import clean_text
     text = clean_text(text)
     if instr:

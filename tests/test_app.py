@@ -135,7 +135,7 @@ def test_sample_raw_trace_keeps_the_generated_ids(instr_writer, monkeypatch, cap
     import runpy
 
     from checkpoint import load_checkpoint, model_from_checkpoint
-    from model import answer_ids, answer_stream
+    from chat import answer_ids, answer_stream
     root, instr = instr_writer
     model, tok = model_from_checkpoint(load_checkpoint(os.path.join(root, "out-instr")))
     assert list(answer_ids(model, tok, "hola", 5)) == [instr] * 5  # the ids, and no text for them

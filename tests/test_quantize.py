@@ -50,7 +50,7 @@ def quantized(tmp_path_factory):
 
 def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(quantized, tmp_path):
     from checkpoint import load_checkpoint, model_from_checkpoint
-    from model import answer_ids
+    from chat import answer_ids
     src = str(quantized / "out-instr")
     raw = torch.load(quantized / "out-instr-int8" / "ckpt.pt", weights_only=True)  # plain tensors and types only
     assert raw["quant"]["bits"] == 8 and raw["model"]["h.0.attn.c_attn.weight_q"].dtype == torch.int8
