@@ -2,6 +2,7 @@
 one-line-error check, file digests, the tiny trained run that the train/sample/bench tests share,
 and the tiny instruction checkpoints (out_root) plus the Streamlit server that the app, browser and
 docker tests share."""
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -11,6 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 
@@ -27,26 +30,86 @@ from model import GPT, GPTConfig  # noqa: E402
 from tokenizer import BASE_CHARS  # noqa: E402
 
 
+FORK = os.environ.get("LLMFS_TEST_FORK", "1") != "0"  # 0: every run is a plain subprocess
+_ZYGOTES = {}  # one fork server (tests/zygote.py) per environment, for this pytest process
+_ZYGOTES_LOCK = threading.Lock()  # run_many asks from two threads at once
+
+
+def _zygote(env):
+    """The socket path of a fork server started with env (on first use), or None past 3 of them."""
+    env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # pytest changes it every test
+    key = json.dumps(env, sort_keys=True)
+    with _ZYGOTES_LOCK:
+        if key not in _ZYGOTES:
+            if len(_ZYGOTES) >= 3:  # a test with an environment of its own: a plain subprocess is fine
+                return None
+            path = os.path.join(tempfile.mkdtemp(prefix="zygote-"), "socket")
+            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "zygote.py"), path], env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            deadline = time.time() + 60
+            while not os.path.exists(path):  # it binds the socket once torch is imported
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the tests' fork server (tests/zygote.py) did not start")
+                time.sleep(0.05)
+            _ZYGOTES[key] = (path, proc)  # its stdin stays open: it exits when this process does
+        return _ZYGOTES[key][0]
+
+
+def _forked_run(argv, cwd, env, input, timeout):
+    """subprocess.run(argv, capture_output=True, text=True) through the fork server: the same
+    CompletedProcess, minus the ~2 s of importing torch. None if there is no server for env."""
+    path = _zygote(env)
+    if path is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="run-") as tmp:
+        files = {name: os.path.join(tmp, name) for name in ("stdin", "stdout", "stderr")}
+        with open(files["stdin"], "w", encoding="utf-8") as f:
+            f.write(input or "")
+        open(files["stdout"], "w").close()
+        open(files["stderr"], "w").close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(path)
+            conn.settimeout(timeout)
+            conn.sendall((json.dumps({"argv": argv[1:], "cwd": cwd, "env": env, **files}) + "\n").encode())
+            reply, pid = b"", None
+            try:
+                while reply.count(b"\n") < 2:
+                    chunk = conn.recv(1024)
+                    if not chunk:
+                        raise RuntimeError(f"the tests' fork server lost the run of {argv[1:]}")
+                    reply += chunk
+                    if pid is None and b"\n" in reply:
+                        pid = int(reply.split()[1])
+            except socket.timeout:
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(argv, timeout)
+        code = int(reply.split()[3])
+        with open(files["stdout"], encoding="utf-8") as f, open(files["stderr"], encoding="utf-8") as g:
+            return subprocess.CompletedProcess(argv, code, f.read(), g.read())
+
+
 def run(script, *args, cwd=None, input=None, timeout=240, **kw):
-    """Run one of the kit's scripts as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd or ROOT,
-                          capture_output=True, text=True, input=input, timeout=timeout, **kw)
+    """Run one of the kit's scripts as a user would; returns the CompletedProcess. Through the fork
+    server when nothing but env is asked for (tests/zygote.py: the script is the same, the start-up is
+    shared), otherwise (preexec_fn, ...) as a plain subprocess."""
+    argv = [sys.executable, os.path.join(ROOT, script), *args]
+    if FORK and set(kw) <= {"env"}:
+        env = dict(kw.get("env") or os.environ)
+        p = _forked_run([os.fspath(a) for a in argv], os.fspath(cwd or ROOT), env, input, timeout)
+        if p is not None:
+            return p
+    return subprocess.run(argv, cwd=cwd or ROOT, capture_output=True, text=True, input=input, timeout=timeout, **kw)
 
 
 def run_many(cases, cwd=None, jobs=2, env=None):
-    """Run (script, *args) cases two at a time: these short runs are mostly start-up (importing
-    torch), which overlaps well on 2 cores. One thread each: two 2-thread torch processes on 2 cores
-    spin against each other and run several times slower. Returns the CompletedProcesses in order."""
+    """Run (script, *args) cases two at a time, one on each of 2 cores. One thread each: two 2-thread
+    torch processes on 2 cores spin against each other and run several times slower. Returns the
+    CompletedProcesses in order."""
     env = env or {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = []
-    for i in range(0, len(cases), jobs):
-        procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, c[0]), *c[1:]], cwd=cwd or ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-                 for c in cases[i:i + jobs]]
-        for c, proc in zip(cases[i:i + jobs], procs):
-            stdout, stderr = proc.communicate(timeout=240)
-            out.append(subprocess.CompletedProcess(c, proc.returncode, stdout, stderr))
-    return out
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda c: run(c[0], *c[1:], cwd=cwd, env=env), cases))
 
 
 def assert_one_line_error(p):

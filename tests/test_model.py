@@ -8,7 +8,7 @@ import torch
 
 from checkpoint import (CheckpointError, atomic_write, grad_scaler, load_checkpoint, model_from_checkpoint,
                         prepare_out_dir, save_checkpoint)
-from model import GPT, GPTConfig, lr_schedule, pad_batch, param_groups
+from model import GPT, GPTConfig, lr_schedule, pad_batch, param_groups, rope
 from tokenizer import CharTokenizer
 
 
@@ -46,6 +46,25 @@ def test_causality(use_sdpa):
 
 
 ARCHS = [{}, {"pos": "rope", "norm": "rmsnorm", "mlp": "relu2", "qk_norm": True, "tie_weights": False, "bias": False}]
+
+
+def test_rope_rotates_channel_pairs_and_scores_depend_on_distance():
+    # RoPE as complex numbers: channel pair (i, i + hs/2) of the vector at position m is multiplied by
+    # e^(i m f_i), f_i = 10000^(-2i/hs). The model's tables and rope() must give exactly that rotation.
+    hs, T = 16, 12
+    model = GPT(GPTConfig(vocab_size=10, block_size=T, n_layer=1, n_head=2, n_embd=2 * hs, pos="rope"))
+    cos, sin = model.cos.double(), model.sin.double()  # (T, hs)
+    x = torch.randn(3, T, hs, dtype=torch.float64)
+    got = rope(x, cos, sin)
+    f = 1.0 / 10000 ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    turn = torch.polar(torch.ones(T, hs // 2, dtype=torch.float64), torch.arange(T, dtype=torch.float64)[:, None] * f)
+    want = torch.complex(x[..., :hs // 2], x[..., hs // 2:]) * turn
+    assert torch.allclose(got, torch.cat([want.real, want.imag], dim=-1), atol=1e-5)
+    # so the score of a query and a key depends on how far apart they are, not where: q at m, k at n
+    q, k = torch.randn(hs, dtype=torch.float64), torch.randn(hs, dtype=torch.float64)
+    rq, rk = rope(q.expand(T, hs), cos, sin), rope(k.expand(T, hs), cos, sin)  # (T, hs): at every position
+    assert torch.allclose(rq[5] @ rk[2], rq[9] @ rk[6], atol=1e-5) and not torch.allclose(rq[5] @ rk[2], rq[5] @ rk[4])
+
 
 
 @pytest.mark.parametrize("arch", ARCHS)
