@@ -65,7 +65,7 @@ def test_a_forked_run_is_a_fresh_run(script, mode):
 def test_a_forked_run_times_out_and_is_killed(script):
     argv = [sys.executable, str(script / "prog.py"), "sleep"]
     with pytest.raises(subprocess.TimeoutExpired):
-        conftest._forked_run(argv, str(script), dict(os.environ), "", 3)
+        conftest._forked_run(argv, str(script), dict(os.environ), "", 1)
     # the server still serves after a run it had to give up on
     assert conftest._forked_run([sys.executable, str(script / "prog.py"), "ok"], str(script), dict(os.environ),
                                 "", 60).returncode == 0
