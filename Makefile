@@ -1,7 +1,7 @@
 # make demo: venv -> prepare (byte-level BPE, 2,048 tokens) -> pretrain (the lesson) -> bits per byte on a
 # held-out book -> instruction finetune of the shipped BPE backbone (+ evaluation: single questions and
 # conversations) -> classification (a linear probe on the shipped 6x256 character backbone) -> answers
-# make test: the whole test suite (CPU, about 3 minutes on 2 cores)
+# make test: the whole test suite (CPU, about 3.5 minutes on 2 cores from a fresh clone)
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
@@ -44,8 +44,8 @@ backbone-bpe: .venv/.installed
 	$(PY) train.py config/pretrain_char.py config/pretrain_backbone_bpe.py --overwrite=True
 	$(PY) checkpoint.py --src=out-backbone-bpe --dst=pretrained/es-bpe2048-4x128
 
-# two pytest workers (pytest-xdist), one torch thread each: most tests are short subprocesses whose
-# start-up (importing torch) overlaps well, and two 2-thread torch jobs on 2 cores slow each other down
+# two pytest workers (pytest-xdist), one torch thread each (two 2-thread torch jobs on 2 cores slow each
+# other down); the scripts the tests run start from a fork server that imported torch once (tests/zygote.py)
 test: .venv/.installed-dev
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist worksteal tests
 
