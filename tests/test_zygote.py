@@ -11,6 +11,7 @@ import pytest
 
 import conftest
 
+pytestmark = pytest.mark.skipif(not conftest.FORK, reason="the fork server is off (LLMFS_TEST_FORK=0, or not Linux)")
 SCRIPT = r'''
 import os, subprocess, sys
 import helper  # from the script's own folder
