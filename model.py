@@ -220,9 +220,8 @@ class GPT(nn.Module):
         any failure is a RuntimeError of one line (torch's own messages are long)."""
         device = self.wte.weight.device
         options = {"cpp_wrapper": True} if device.type == "cpu" else None
-        cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # the one inductor calls
-        if device.type == "cpu" and not shutil.which(cxx):  # say so now, not after ~10 s of tracing
-            raise RuntimeError(f"torch.compile needs a C++ compiler on CPU, and '{cxx}' was not found")
+        if device.type == "cpu" and missing_cpp_compiler():  # say so now, not after ~10 s of tracing
+            raise RuntimeError(missing_cpp_compiler())
         self.compiled_step = torch.compile(self.next_logits, fullgraph=True, dynamic=False, options=options)
         try:
             for b in batch_sizes:  # compile now: a prompt of one token, then one cached step
@@ -283,6 +282,13 @@ class GPT(nn.Module):
         """idx (B, T) -> (B, T + new) with the new tokens appended (see generate_stream)."""
         new = list(self.generate_stream(idx, max_new_tokens, **kw))
         return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
+
+
+def missing_cpp_compiler():
+    """Why torch.compile cannot run on CPU here (one line), or None: on CPU it compiles C++ with $CXX,
+    else g++ (clang++ on macOS)."""
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    return None if shutil.which(cxx) else f"torch.compile needs a C++ compiler on CPU, and '{cxx}' was not found"
 
 
 def param_groups(params, weight_decay, lr=None):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from checkpoint import save_checkpoint
-from conftest import assert_one_line_error, digest, run, run_many
+from conftest import TINY, assert_one_line_error, digest, run, run_many
 from model import GPT, GPTConfig
 from tokenizer import BASE_CHARS, CharTokenizer
 
@@ -54,10 +54,15 @@ def test_odd_prompts_are_answered_and_bad_ones_refused(instr_dir):
 
 def test_compile_without_a_cpp_compiler_is_one_line(tiny_run, tmp_path):
     """--compile=True where torch.compile cannot build its C++ (the compiler named by CXX is missing):
-    one line, said before any tracing, and exit 1, not torch's long traceback."""
+    one line, said before any tracing, and exit 1, not torch's long traceback. The same for train.py,
+    before anything is written."""
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     p = run("sample.py", "--out_dir=out", "--compile=True", "--max_new_tokens=5", cwd=tiny_run, env=env)
     assert "--compile=True failed: torch.compile needs a C++ compiler" in assert_one_line_error(p)
+    p = run("train.py", TINY, "--dataset=tiny", f"--out_dir={tmp_path / 'out-c'}", "--compile=True", "--device=cpu",
+            cwd=tiny_run, env=env)
+    assert "--compile=True: torch.compile needs a C++ compiler" in assert_one_line_error(p)
+    assert not (tmp_path / "out-c").exists()
 
 
 def test_missing_corrupt_and_wrong_kind_checkpoints(instr_dir, tiny_run, tmp_path):
