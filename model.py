@@ -150,7 +150,7 @@ class GPT(nn.Module):
         # may look at key j <= i, -inf where j > i: the model never sees the future), and RoPE's angles
         bs, hs = cfg.block_size, cfg.n_embd // cfg.n_head
         self.register_buffer("mask", torch.full((bs, bs), float("-inf")).triu(1), persistent=False)
-        if cfg.pos == "rope":  # rotation angles for every position: (block_size, hs/2), as rope() reads them
+        if cfg.pos == "rope":  # each position's angles (hs/2 of them), laid out for rope(): (block_size, hs)
             freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
             ang = torch.arange(bs, dtype=torch.float32)[:, None] * freq
             self.register_buffer("cos", torch.cat([ang.cos(), ang.cos()], dim=1), persistent=False)  # (bs, hs)

@@ -66,7 +66,6 @@ def test_rope_rotates_channel_pairs_and_scores_depend_on_distance():
     assert torch.allclose(rq[5] @ rk[2], rq[9] @ rk[6], atol=1e-5) and not torch.allclose(rq[5] @ rk[2], rq[5] @ rk[4])
 
 
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_arch_options_explicit_and_sdpa_agree(arch):
     m1, m2 = _model(use_sdpa=True, **arch), _model(use_sdpa=False, **arch)
