@@ -220,8 +220,8 @@ class GPT(nn.Module):
         any failure is a RuntimeError of one line (torch's own messages are long)."""
         device = self.wte.weight.device
         options = {"cpp_wrapper": True} if device.type == "cpu" else None
-        if device.type == "cpu" and missing_cpp_compiler():  # say so now, not after ~10 s of tracing
-            raise RuntimeError(missing_cpp_compiler())
+        if device.type == "cpu" and (why := missing_cpp_compiler()):  # say so now, not after ~10 s of tracing
+            raise RuntimeError(why)
         self.compiled_step = torch.compile(self.next_logits, fullgraph=True, dynamic=False, options=options)
         try:
             for b in batch_sizes:  # compile now: a prompt of one token, then one cached step
@@ -305,13 +305,12 @@ def param_groups(params, weight_decay, lr=None):
 
 def lr_schedule(it, learning_rate, min_lr, warmup_iters, decay_iters):
     """The one learning-rate schedule of the kit: linear warmup over warmup_iters, then a cosine from
-    learning_rate down to min_lr at decay_iters, then min_lr."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+    learning_rate down to min_lr at decay_iters, then min_lr. `it` may be fractional (time budgets)."""
+    if it < warmup_iters:  # the ramp starts above 0, so that the very first step already learns
+        return (it + 1) * learning_rate / (warmup_iters + 1)
+    # how much of the cosine is behind us: 0 at the end of the warmup, 1 from decay_iters on
+    done = 1.0 if it > decay_iters else (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (learning_rate - min_lr)  # done = 1: exactly min_lr
 
 
 def pad_batch(seqs, value):

@@ -118,8 +118,8 @@ try:
     scaler = grad_scaler(device, dtype)  # float16 only: scales the loss so small gradients do not underflow
 except ValueError as e:
     fail(e)
-if compile and device_type == "cpu" and missing_cpp_compiler():  # say so now, not at the first step
-    fail(f"--compile=True: {missing_cpp_compiler()} (install one, or run with --compile=False)")
+if compile and device_type == "cpu" and (why := missing_cpp_compiler()):  # say so now, not at the first step
+    fail(f"--compile=True: {why} (install one, or run with --compile=False)")
 
 # data ------------------------------------------------------------------------
 data_dir = os.path.join(data_root, dataset)
@@ -285,13 +285,9 @@ def estimate_loss():
     raw_model.eval()
     for split, data in ((("train", train_data),) if eval_train else ()) + (("val", val_data),):
         gen = torch.Generator().manual_seed(seed + 1)
-        losses = torch.zeros(eval_iters)
-        for k in range(eval_iters):
-            X, Y = get_batch(data, gen)
-            with ctx:
-                _, loss = raw_model(X, Y)
-            losses[k] = loss.item()
-        out[split] = losses.mean().item()
+        with ctx:  # (the batches are plain integer tensors: autocast only changes the model's math)
+            losses = [raw_model(*get_batch(data, gen))[1].item() for _ in range(eval_iters)]
+        out[split] = torch.tensor(losses).mean().item()  # averaged in float32, as it always was
     raw_model.train()
     return out
 
