@@ -31,7 +31,7 @@ import torch
 
 import configurator
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, reason_of, save_checkpoint,
+                        model_from_checkpoint, pick_device, prepare_out_dir, reason_of, resolve_dtype, save_checkpoint,
                         scaled_step)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from model import GPT, GPTConfig, lr_schedule, missing_cpp_compiler, param_groups
@@ -55,7 +55,8 @@ n_head = 4
 n_embd = 128
 dropout = 0.0
 bias = True
-use_sdpa = True
+use_sdpa = True  # attention kernel: fused F.scaled_dot_product_attention, or (False) the explicit math,
+# faster in bf16 on CPU at block 256 (README "Performance"). A speed setting, not part of the checkpoint
 pos = "learned"  # 'learned' or 'rope'
 norm = "layernorm"  # 'layernorm' or 'rmsnorm'
 mlp = "gelu"  # 'gelu' or 'relu2'
@@ -168,7 +169,7 @@ def get_batch(data, gen):
 
 # model -----------------------------------------------------------------------
 model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n_head=n_head,
-                  n_embd=n_embd, dropout=dropout, bias=bias, use_sdpa=use_sdpa, pos=pos, norm=norm, mlp=mlp,
+                  n_embd=n_embd, dropout=dropout, bias=bias, pos=pos, norm=norm, mlp=mlp,
                   qk_norm=qk_norm, tie_weights=tie_weights)
 ckpt_path, last_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "last.pt")
 iter_num, best_val_loss, history, resumed = 0, float("inf"), [], None
@@ -194,9 +195,8 @@ elif init_from == "resume":
                      f"architecture comes from the checkpoint (drop the flag, or start a new run in another --out_dir)")
             if master:
                 print(f"note: {key} changed on resume: {ck_value} -> {globals()[key]}")
-    model_args = {**resumed["model_args"], "dropout": dropout}
-    if "use_sdpa" in configurator.given:
-        model_args["use_sdpa"] = use_sdpa
+    # checkpoints from before use_sdpa left model_args carry it: this run's setting applies
+    model_args = {k: v for k, v in resumed["model_args"].items() if k != "use_sdpa"} | {"dropout": dropout}
     block_size = model_args["block_size"]
     iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
     history = [h for h in resumed.get("history", []) if h["iter"] <= iter_num]
@@ -216,12 +216,12 @@ torch.manual_seed(seed)  # the initial weights (the same on every rank)
 batch_gen = torch.Generator()  # reseeded for every micro-batch (see the docstring)
 if resumed:
     try:  # the checkpoint's weights, in model_args (its architecture, this run's dropout / use_sdpa)
-        model, _ = model_from_checkpoint({**resumed, "model_args": model_args}, device)
+        model, _ = model_from_checkpoint({**resumed, "model_args": model_args}, device, use_sdpa=use_sdpa)
     except CheckpointError as e:
         fail(e)
     model.train()
 else:
-    model = GPT(GPTConfig(**model_args)).to(device)
+    model = GPT(GPTConfig(**model_args, use_sdpa=use_sdpa)).to(device)
 
 
 class Muon(torch.optim.Optimizer):
@@ -274,7 +274,8 @@ if compile:  # traced and compiled at the first step (~20 s on 2 CPU cores); REA
 if ddp:
     model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
 if master:
-    print(f"{raw_model.num_params():,} parameters | {tokens_per_iter:,} tokens per iteration | device {device}")
+    print(f"{raw_model.num_params():,} parameters | {tokens_per_iter:,} tokens per iteration | device {device}, "
+          f"{resolve_dtype(device, dtype)}, attention {'fused (sdpa)' if use_sdpa else 'explicit'}")
 
 
 @torch.no_grad()

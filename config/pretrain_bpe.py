@@ -10,6 +10,7 @@
 # steps and ends better. Val bits per byte in 165 s on 2 CPU cores (README "Pretraining", 2026-11-30):
 # 2 layers 1.957 (845 steps), 3 layers 2.010, 4 layers 2.087; 2 layers x 192 wide 1.980; 2 layers at
 # learning rate 4e-3 1.958. The previous default (4 layers, 845 fixed steps) reached ~1.93 in ~250 s.
+# Since then the explicit attention (config/pretrain_char.py: use_sdpa) fits 969 steps in the budget: 1.938.
 n_layer = 2
 time_budget = 165
 max_iters = 100_000  # a cap only: the budget ends the run

@@ -18,6 +18,10 @@ norm = "rmsnorm"
 mlp = "relu2"
 # bf16 autocast where the CPU has it natively (AVX512-BF16/AMX: ~1.3x here); elsewhere the default
 dtype = "bfloat16" if cpu_has_fast_bf16() else "auto"
+# and then the explicit attention math, not torch's fused kernel: in bf16 on CPU it is faster at this size
+# (config/pretrain_bpe.py's 165 s: 969 steps and val 1.938 bits/byte against 824 and 1.951; README
+# "Performance"). In float32, or on a GPU (add --use_sdpa=True), the fused kernel is the faster
+use_sdpa = dtype != "bfloat16"
 batch_size = 16
 learning_rate = 3e-3
 max_iters = 1100

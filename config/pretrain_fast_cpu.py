@@ -36,3 +36,4 @@ eval_train = False
 log_interval = 10
 device = "cpu"
 dtype = "bfloat16" if cpu_has_fast_bf16() else "auto"
+use_sdpa = dtype != "bfloat16"  # in bf16 on CPU the explicit attention is faster than the fused kernel here (README)

@@ -33,6 +33,21 @@ def test_explicit_and_sdpa_attention_agree_values_and_gradients():
         assert torch.allclose(p1.grad, p2.grad, atol=1e-5), n
 
 
+def test_explicit_attention_under_cpu_bf16_autocast_matches_sdpa():
+    # the CPU bf16 training configs use the explicit path (faster there): same loss and gradients up to bf16 rounding
+    m1, m2 = _model(use_sdpa=True, pos="rope", norm="rmsnorm", mlp="relu2"), _model(use_sdpa=False, pos="rope",
+                                                                                     norm="rmsnorm", mlp="relu2")
+    m2.load_state_dict(m1.state_dict())
+    idx = torch.randint(0, 23, (3, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (_, loss1), (_, loss2) = m1(idx, idx), m2(idx, idx)
+    assert abs(loss1.item() - loss2.item()) < 1e-2
+    loss1.backward()
+    loss2.backward()
+    for (n, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        assert torch.nn.functional.cosine_similarity(p1.grad.flatten(), p2.grad.flatten(), dim=0) > 0.99, n
+
+
 @pytest.mark.parametrize("use_sdpa", [True, False])
 def test_causality(use_sdpa):
     m = _model(use_sdpa=use_sdpa)

@@ -24,6 +24,7 @@ def test_train_writes_checkpoint_log_and_resumes(tiny_run):
     work = tiny_run
     ckpt = torch.load(work / "out" / "ckpt.pt", weights_only=True)
     assert ckpt["kind"] == "pretrain" and ckpt["iter_num"] == 40 and len(ckpt["vocab"]) == ckpt["model_args"]["vocab_size"]
+    assert "use_sdpa" not in ckpt["model_args"]  # the attention kernel is the run's speed setting, not the model's
     log = [json.loads(line) for line in open(work / "out" / "log.jsonl")]
     assert any("val_loss" in r for r in log) and any("tokens_per_s" in r for r in log)
     assert [r["val_loss"] for r in log if "val_loss" in r][-1] < 3.5  # it learned: uniform is ln(128) ~ 4.85
@@ -33,10 +34,11 @@ def test_train_writes_checkpoint_log_and_resumes(tiny_run):
         (work / "res" / f).write_bytes((work / "out" / f).read_bytes())
     # ... and scratch into a dir holding a checkpoint refuses, and leaves the checkpoint alone
     before = hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest()
-    p, refused = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume", "--max_iters=60"),
+    p, refused = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume", "--max_iters=60",
+                            "--use_sdpa=False"),
                            ("train.py", TINY, "--dataset=tiny", "--out_dir=out")], cwd=work)
     assert p.returncode == 0, p.stderr
-    assert "resuming from iteration 40" in p.stdout
+    assert "resuming from iteration 40" in p.stdout and "attention explicit" in p.stdout
     assert torch.load(work / "res" / "last.pt", weights_only=True)["iter_num"] == 60
     assert "already exists" in assert_one_line_error(refused)
     assert hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest() == before
