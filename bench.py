@@ -105,6 +105,8 @@ def bench_train():
     defaults = GPTConfig()
     args = {k: cfg.get(k, getattr(defaults, k)) for k in GPTConfig.__dataclass_fields__ if k != "vocab_size"}
     args["vocab_size"] = 128  # a typical character vocabulary (data is random tokens here)
+    if dtype != cfg.get("dtype", "float32"):  # the config chose its attention kernel for its own precision
+        args["use_sdpa"] = True  # (the CPU recipes: explicit in bf16); in another, time train.py's default
     B, T = cfg.get("batch_size", 12), args["block_size"]
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**args)).to(device).train()
@@ -129,7 +131,8 @@ def bench_train():
     flops_tok = 6 * n_weights + 12 * args["n_layer"] * T * args["n_embd"]
     peak = matmul_peak(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     tok_s = B * T / dt
-    print(f"config {config}: {model.num_params():,} parameters, batch {B} x {T}, {dtype} on {device}")
+    print(f"config {config}: {model.num_params():,} parameters, batch {B} x {T}, {dtype} on {device}, "
+          f"attention {'fused (sdpa)' if args['use_sdpa'] else 'explicit'}")
     print(f"{dt * 1000:.1f} ms/iter (median of {iters}) | {tok_s:,.0f} tokens/s | "
           f"{flops_tok * tok_s / 1e9:.1f} GFLOP/s | matmul peak {peak / 1e9:.0f} GFLOP/s | "
           f"MFU {100 * flops_tok * tok_s / peak:.1f}%")

@@ -33,10 +33,18 @@ def test_bench_sample_reports_cache_and_batch_and_identical_outputs(tiny_run):
     assert "--batch must be" in assert_one_line_error(bad_batch)
 
 
-def test_bench_train_reports_mfu():
-    p = run("bench.py", "--mode=train", f"--config={TINY}", "--iters=3")
+def test_bench_train_reports_mfu(tmp_path):
+    # a config that trains with the explicit attention in bf16 (as the CPU recipes do where bf16 is fast):
+    # bench times that kernel in the config's precision, and train.py's default (fused) in another
+    cfg = tmp_path / "explicit.py"
+    cfg.write_text(open(TINY).read() + '\ndtype = "bfloat16"\nuse_sdpa = False\n')
+    p, own, other = run_many([("bench.py", "--mode=train", f"--config={TINY}", "--iters=3"),
+                              ("bench.py", "--mode=train", f"--config={cfg}", "--iters=3", "--dtype=bfloat16"),
+                              ("bench.py", "--mode=train", f"--config={cfg}", "--iters=3", "--dtype=float32")])
     assert p.returncode == 0, p.stderr
-    assert "tokens/s" in p.stdout and "MFU" in p.stdout
+    assert "tokens/s" in p.stdout and "MFU" in p.stdout and "attention fused (sdpa)" in p.stdout
+    assert own.returncode == 0 and "bfloat16 on cpu, attention explicit" in own.stdout, own.stderr
+    assert other.returncode == 0 and "float32 on cpu, attention fused (sdpa)" in other.stdout, other.stderr
 
 
 def test_bench_race_two_configs(tiny_run, tmp_path):
