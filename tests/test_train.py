@@ -244,3 +244,14 @@ def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
     assert wall < budget + 10  # inside the budget, with room for the interpreter's start and exit on a busy machine
     bad = run("train.py", TINY, "--dataset=tiny", "--out_dir=budget_bad", "--time_budget=-1", cwd=tiny_run)
     assert "time_budget must be >= 0" in assert_one_line_error(bad)
+
+
+def test_300s_config_compiles_only_where_a_cpp_compiler_is(monkeypatch):
+    """config/pretrain_300s_cpu.py turns torch.compile on by itself where it can run, and off (eager, no
+    error) where no C++ compiler is installed."""
+    import configurator
+    path = os.path.join(ROOT, "config", "pretrain_300s_cpu.py")
+    monkeypatch.setenv("CXX", "/nowhere/g++")
+    assert configurator.read_config_file(path)["compile"] is False
+    monkeypatch.setenv("CXX", sys.executable)  # any program that exists stands in for the compiler
+    assert configurator.read_config_file(path)["compile"] is True
