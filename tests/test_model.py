@@ -35,8 +35,8 @@ def test_explicit_and_sdpa_attention_agree_values_and_gradients():
 
 def test_explicit_attention_under_cpu_bf16_autocast_matches_sdpa():
     # the CPU bf16 training configs use the explicit path (faster there): same loss and gradients up to bf16 rounding
-    m1, m2 = _model(use_sdpa=True, pos="rope", norm="rmsnorm", mlp="relu2"), _model(use_sdpa=False, pos="rope",
-                                                                                     norm="rmsnorm", mlp="relu2")
+    arch = dict(pos="rope", norm="rmsnorm", mlp="relu2")  # the fast recipe's options
+    m1, m2 = _model(use_sdpa=True, **arch), _model(use_sdpa=False, **arch)
     m2.load_state_dict(m1.state_dict())
     idx = torch.randint(0, 23, (3, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -247,11 +247,11 @@ def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
 
 
 def test_300s_config_compiles_only_where_a_cpp_compiler_is(monkeypatch):
-    """config/pretrain_300s_cpu.py turns torch.compile on by itself where it can run, and off (eager, no
-    error) where no C++ compiler is installed."""
+    """config/pretrain_300s_cpu.py turns torch.compile on by itself where it can run (on Linux), and off
+    (eager, no error) where no C++ compiler is installed."""
     import configurator
     path = os.path.join(ROOT, "config", "pretrain_300s_cpu.py")
     monkeypatch.setenv("CXX", "/nowhere/g++")
     assert configurator.read_config_file(path)["compile"] is False
     monkeypatch.setenv("CXX", sys.executable)  # any program that exists stands in for the compiler
-    assert configurator.read_config_file(path)["compile"] is True
+    assert configurator.read_config_file(path)["compile"] is (sys.platform == "linux")  # where it was measured
