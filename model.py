@@ -20,13 +20,15 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 64
-    block_size: int = 256     # the longest context the model sees (learned positions 0..block_size-1)
+    # how big: blocks, the width of the residual stream, the attention heads that share it
     n_layer: int = 4
-    n_head: int = 4
     n_embd: int = 128
-    dropout: float = 0.0
+    n_head: int = 4
+    # what it reads: the vocabulary, and the longest context it sees (learned positions 0..block_size-1)
+    vocab_size: int = 64
+    block_size: int = 256
     bias: bool = True         # biases in Linear and LayerNorm, like GPT-2
+    dropout: float = 0.0
     use_sdpa: bool = True     # True: fused F.scaled_dot_product_attention; False: the explicit math
     # architecture options (the defaults are GPT-2's; bench.py races the alternatives)
     pos: str = "learned"      # 'learned' position embeddings, or 'rope' (rotary, applied to q and k)
@@ -128,8 +130,7 @@ class Block(nn.Module):
 
     def forward(self, x, mask, rot=None, cache=None, pos=None):
         x = x + self.attn(self.ln_1(x), mask, rot, cache, pos)  # tokens talk to each other
-        x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
-        return x
+        return x + self.mlp(self.ln_2(x))  # then each token thinks on its own
 
 
 class GPT(nn.Module):
@@ -155,11 +156,12 @@ class GPT(nn.Module):
             ang = torch.arange(bs, dtype=torch.float32)[:, None] * freq
             self.register_buffer("cos", torch.cat([ang.cos(), ang.cos()], dim=1), persistent=False)  # (bs, hs)
             self.register_buffer("sin", torch.cat([-ang.sin(), ang.sin()], dim=1), persistent=False)
-        # GPT-2 init: N(0, 0.02), residual projections scaled down so the residual stream stays small
+        # GPT-2 init: N(0, 0.02) everywhere, then the two layers of each block that write into the residual
+        # stream drawn again 1/sqrt(2 n_layer) smaller, so that the stream's sum of 2 n_layer writes stays small
         self.apply(self._init_weights)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        for block in self.h:
+            for writer in (block.attn.c_proj, block.mlp.c_proj):
+                nn.init.normal_(writer.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):

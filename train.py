@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import time
+from contextlib import nullcontext
 
 T_PROCESS = time.time()  # the run's clock for time_budget starts here, before torch is imported
 
@@ -161,10 +162,9 @@ bits_per_nat_token = meta["val_tokens"] / max(1, meta.get("val_bytes", meta["val
 def get_batch(data, gen):
     """batch_size random windows of block_size+1 tokens: x is the window, y the same shifted by one.
     A window may start at any i with i + block_size < len(data), so the split's last token is a target too."""
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=gen)
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
-    return x.to(device), y.to(device)  # (B, T), (B, T)
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=gen).tolist()
+    windows = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in starts]).astype(np.int64))  # (B, T+1)
+    return windows[:, :-1].contiguous().to(device), windows[:, 1:].contiguous().to(device)  # (B, T), (B, T)
 
 
 # model -----------------------------------------------------------------------
@@ -374,17 +374,18 @@ while True:
     # forward/backward over gradient_accumulation_steps micro-batches, then one update
     tstep = time.time()
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:  # only sync gradients across ranks on the last micro-step
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         # this micro-batch's own seed: (seed, iteration, its index among all ranks' micro-batches)
         k = (iter_num * world + rank) * gradient_accumulation_steps + micro_step
         batch_gen.manual_seed(seed * 1_000_003 + k)  # which windows
         torch.manual_seed(seed * 1_000_003 + k)  # which dropout masks
         X, Y = get_batch(train_data, batch_gen)
-        with ctx:
-            _, loss = model(X, Y)
-            loss = loss / gradient_accumulation_steps
-        scaler.scale(loss).backward()  # (a no-op scale unless float16)
+        # with DDP the ranks average their gradients once per step, in the last micro-batch's backward
+        only_local = model.no_sync() if ddp and micro_step < gradient_accumulation_steps - 1 else nullcontext()
+        with only_local:
+            with ctx:
+                _, loss = model(X, Y)
+            # the step's gradient is the mean over its micro-batches; the scale is a no-op unless float16
+            scaler.scale(loss / gradient_accumulation_steps).backward()
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
@@ -396,7 +397,7 @@ while True:
     if master and iter_num % log_interval == 0:
         dt = (train_time - t0) / log_interval  # training time only, evaluations excluded
         t0 = train_time
-        lossf = loss.item() * gradient_accumulation_steps
+        lossf = loss.item()  # the last micro-batch's mean loss
         tok_s = tokens_per_iter / dt
         eta = (max_iters - iter_num) * train_time / max(1, iter_num - start_iter)
         step = f"{iter_num}/{max_iters}"
