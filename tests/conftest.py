@@ -37,13 +37,15 @@ _ZYGOTES = {}  # one fork server (tests/zygote.py) per environment, for this pyt
 _ZYGOTES_LOCK = threading.Lock()  # run_many asks from two threads at once
 
 
-def _zygote(env):
-    """The socket path of a fork server started with env (on first use), or None past 3 of them."""
+def _zygote(env, limit=3):
+    """The socket path of a fork server started with env (on first use), or None past `limit` of them
+    (None: no limit, for test_zygote.py, whose environment may be this worker's fourth)."""
     env = {k: v for k, v in env.items() if k != "PYTEST_CURRENT_TEST"}  # pytest changes it every test
     key = json.dumps(env, sort_keys=True)
     with _ZYGOTES_LOCK:
         if key not in _ZYGOTES:
-            if len(_ZYGOTES) >= 3:  # a test with an environment of its own: a plain subprocess is fine
+            # a test with an environment of its own: a plain subprocess is fine
+            if limit is not None and len(_ZYGOTES) >= limit:
                 return None
             path = os.path.join(tempfile.mkdtemp(prefix="zygote-"), "socket")
             proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "zygote.py"), path], env=env,
@@ -57,10 +59,10 @@ def _zygote(env):
         return _ZYGOTES[key][0]
 
 
-def _forked_run(argv, cwd, env, input, timeout):
+def _forked_run(argv, cwd, env, input, timeout, limit=3):
     """subprocess.run(argv, capture_output=True, text=True) through the fork server: the same
     CompletedProcess, minus the ~2 s of importing torch. None if there is no server for env."""
-    path = _zygote(env)
+    path = _zygote(env, limit)
     if path is None:
         return None
     with tempfile.TemporaryDirectory(prefix="run-") as tmp:

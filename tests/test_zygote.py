@@ -50,7 +50,7 @@ def test_a_forked_run_is_a_fresh_run(script, mode):
     argv = [sys.executable, str(script / "prog.py"), mode]
     env = {**os.environ, "ZYGOTE_TEST": "yes"}
     cwd = str(script / "work")
-    forked = conftest._forked_run(argv, cwd, env, "from stdin\n", 60)
+    forked = conftest._forked_run(argv, cwd, env, "from stdin\n", 60, limit=None)
     plain = subprocess.run(argv, cwd=cwd, env=env, input="from stdin\n", capture_output=True, text=True, timeout=60)
     assert forked is not None
     assert (forked.returncode, forked.stdout) == (plain.returncode, plain.stdout), (forked, plain)
@@ -66,7 +66,7 @@ def test_a_forked_run_is_a_fresh_run(script, mode):
 def test_a_forked_run_times_out_and_is_killed(script):
     argv = [sys.executable, str(script / "prog.py"), "sleep"]
     with pytest.raises(subprocess.TimeoutExpired):
-        conftest._forked_run(argv, str(script), dict(os.environ), "", 1)
+        conftest._forked_run(argv, str(script), dict(os.environ), "", 1, limit=None)
     # the server still serves after a run it had to give up on
     assert conftest._forked_run([sys.executable, str(script / "prog.py"), "ok"], str(script), dict(os.environ),
-                                "", 60).returncode == 0
+                                "", 60, limit=None).returncode == 0

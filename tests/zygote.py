@@ -102,8 +102,9 @@ def read_line(conn):
 
 def main(path):
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+    server.bind(path + ".tmp")
     server.listen(16)
+    os.rename(path + ".tmp", path)  # the path appears only once it accepts: conftest waits for it
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the waiters
     while True:
         ready, _, _ = select.select([server, sys.stdin], [], [])
