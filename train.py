@@ -73,6 +73,7 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0
 muon_lr = 0.0  # > 0: train the blocks' weight matrices with Muon at this learning rate (AdamW for the rest)
+ema = 0.0  # > 0: evaluate and save a moving average of the weights (this decay per step, e.g. 0.995), not the last step's
 warmup_iters = 100
 lr_decay_iters = 2000
 min_lr = 1e-4
@@ -214,14 +215,27 @@ if master:  # fail now, not after an hour of training, if out_dir cannot be writ
         fail(e)
 torch.manual_seed(seed)  # the initial weights (the same on every rank)
 batch_gen = torch.Generator()  # reseeded for every micro-batch (see the docstring)
+average = None  # a resumed run's moving average of the weights (ema > 0)
 if resumed:
     try:  # the checkpoint's weights, in model_args (its architecture, this run's dropout / use_sdpa)
         model, _ = model_from_checkpoint({**resumed, "model_args": model_args}, device, use_sdpa=use_sdpa)
     except CheckpointError as e:
         fail(e)
     model.train()
+    if "train_weights" in resumed:  # saved with ema: "model" is the average; the weights being trained go in
+        average = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(resumed["train_weights"][n])
 else:
     model = GPT(GPTConfig(**model_args, use_sdpa=use_sdpa)).to(device)
+# the moving average of the weights (ema > 0), in float32, updated after every step. Evaluations and
+# checkpoints swap it in: at a high learning rate the weights wobble from step to step around where
+# they are heading, and the average sits closer to it (README "Loss within 300 s")
+ema_weights = None
+if ema:
+    average = average or dict(model.named_parameters())
+    ema_weights = [average[n].detach().float().clone() for n, _ in model.named_parameters()]
 
 
 class Muon(torch.optim.Optimizer):
@@ -309,12 +323,24 @@ def write_log(append=None):
         fail(f"could not write {path}: {reason_of(e)}")
 
 
+@torch.no_grad()
+def swap_ema():
+    """Exchange the weights being trained and their moving average (ema > 0), in place."""
+    for p, e in zip(raw_model.parameters(), ema_weights):
+        live = p.detach().clone()
+        p.copy_(e)
+        e.copy_(live)
+
+
 def save(path):
+    """Called while the average is swapped in (ema > 0): "model" is what was evaluated, and the weights
+    being trained go beside it, for a resume."""
+    extra = {"train_weights": {n: w.clone() for (n, _), w in zip(raw_model.named_parameters(), ema_weights)}} if ema else {}
     try:
         save_checkpoint({
             "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), **tok_state,
             "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
-            "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(),
+            "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(), **extra,
         }, path)
     except CheckpointError as e:
         fail(e)
@@ -345,6 +371,8 @@ while True:
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         t_eval = time.time()
+        if ema:
+            swap_ema()  # evaluate and save the average; swapped back below
         losses = estimate_loss()
         eval_s = time.time() - t_eval
         if not all(math.isfinite(v) for v in losses.values()):  # the weights went bad: keep the last good files
@@ -361,6 +389,8 @@ while True:
         if improved:
             save(ckpt_path)
         write_log()
+        if ema:
+            swap_ema()
         if target_val_loss and losses["val"] <= target_val_loss:
             print(f"reached target val loss {target_val_loss} at iteration {iter_num}")
             last_step = True
@@ -390,6 +420,11 @@ while True:
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
     scaled_step(optimizers, scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
+    if ema:  # a shorter memory in the first steps, so that the random initial weights fade out quickly
+        decay = min(ema, (1 + iter_num) / (10 + iter_num))
+        with torch.no_grad():
+            for p, e in zip(raw_model.parameters(), ema_weights):
+                e.lerp_(p.detach().float(), 1.0 - decay)  # e = decay * e + (1 - decay) * p
     step_s = time.time() - tstep
     train_time += step_s
     iter_num += 1

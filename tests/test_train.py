@@ -60,6 +60,36 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_run):
         assert torch.equal(v, part["model"][k]), k
 
 
+def test_ema_evaluates_and_saves_the_average_and_resumes_exactly(tiny_run):
+    w = tiny_run
+    common = [TINY, "--dataset=tiny", "--max_iters=40", "--lr_decay_iters=40", "--dropout=0.1"]
+    runs = run_many([("train.py", *common, "--out_dir=ema_full", "--ema=0.9"),
+                     ("train.py", *common, "--out_dir=ema_part", "--ema=0.9", "--max_iters=20"),
+                     ("train.py", *common, "--out_dir=ema_off"),
+                     # decay ~0: the "average" is the last step's weights, so all the swapping in and out
+                     # must leave training exactly as it is without ema
+                     ("train.py", *common, "--out_dir=ema_zero", "--ema=1e-12")], cwd=w)
+    assert all(p.returncode == 0 for p in runs), [p.stderr for p in runs]
+    p, = run_many([("train.py", *common, "--out_dir=ema_part", "--ema=0.9", "--init_from=resume")], cwd=w)
+    assert p.returncode == 0, p.stderr
+    (full, full_evals), (part, part_evals) = evals(w / "ema_full"), evals(w / "ema_part")
+    (off, off_evals), (zero, zero_evals) = evals(w / "ema_off"), evals(w / "ema_zero")
+    assert part_evals == full_evals  # a resume restores the weights being trained and their average
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], part["model"][k]), k
+    for k in full["train_weights"]:
+        assert torch.equal(full["train_weights"][k], part["train_weights"][k]), k
+    assert "train_weights" not in off
+    assert zero_evals == off_evals
+    for k, v in zero["train_weights"].items():
+        assert torch.equal(v, off["model"][k]) and torch.equal(zero["model"][k], v), k
+    # the average is what was evaluated and saved: not the last step's weights, and a different loss
+    assert not torch.equal(full["model"]["wte.weight"], full["train_weights"]["wte.weight"])
+    assert full_evals[-1][2] != off_evals[-1][2]
+    ckpt = torch.load(w / "ema_full" / "ckpt.pt", weights_only=True)  # what sample.py and the finetunes read
+    assert all(torch.equal(ckpt["model"][k], full["model"][k]) for k in ckpt["model"])
+
+
 def test_sigterm_saves_and_exits_cleanly(tiny_run):
     w = tiny_run
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), TINY, "--dataset=tiny",
@@ -185,7 +215,7 @@ def test_vocabulary_mismatch_on_resume_and_bad_flags(tiny_run, tmp_path):
               "--init_from=resume"),
              ("train.py", "--max_itters=3"), ("train.py", "--dataset=nothing"), ("train.py", "--dtype=float8")]
     # (every configurator error is tested in-process in test_configurator.py; one reaches it from the CLI here)
-    expected = ["vocabulary", "did you mean: max_iters", "no prepared data", "unknown dtype"]
+    expected = ["the checkpoint's tokenizer (char, ", "did you mean: max_iters", "no prepared data", "unknown dtype"]
     if not torch.cuda.is_available():
         cases.append(("train.py", "--device=cuda"))
         expected.append("cuda")
