@@ -73,7 +73,7 @@ beta1 = 0.9
 beta2 = 0.99
 grad_clip = 1.0
 muon_lr = 0.0  # > 0: train the blocks' weight matrices with Muon at this learning rate (AdamW for the rest)
-ema = 0.0  # > 0: evaluate and save a moving average of the weights (this decay per step, e.g. 0.995), not the last step's
+ema = 0.0  # > 0: evaluate and save a moving average of the weights (decay per step, e.g. 0.995), not the last step's
 warmup_iters = 100
 lr_decay_iters = 2000
 min_lr = 1e-4
@@ -335,7 +335,9 @@ def swap_ema():
 def save(path):
     """Called while the average is swapped in (ema > 0): "model" is what was evaluated, and the weights
     being trained go beside it, for a resume."""
-    extra = {"train_weights": {n: w.clone() for (n, _), w in zip(raw_model.named_parameters(), ema_weights)}} if ema else {}
+    extra = {}
+    if ema:  # (ema_weights holds them while the average is swapped in)
+        extra["train_weights"] = {n: w.clone() for (n, _), w in zip(raw_model.named_parameters(), ema_weights)}
     try:
         save_checkpoint({
             "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), **tok_state,
