@@ -100,6 +100,8 @@ except ValueError as e:
 if time_budget < 0 or (time_budget and ddp):
     fail(f"time_budget must be >= 0 seconds and is for a single process (each rank would follow its own "
          f"clock), got {time_budget}" + (" under torchrun" if ddp else ""))
+if not 0 <= ema < 1:
+    fail(f"ema must be >= 0 and < 1 (the average's decay per step, e.g. 0.995; 0 = off), got {ema}")
 if ddp:
     from torch.distributed import destroy_process_group, init_process_group
     from torch.nn.parallel import DistributedDataParallel as DDP

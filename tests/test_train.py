@@ -273,8 +273,11 @@ def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
     assert logs[-1]["lr"] < cfg["min_lr"] + 0.25 * (cfg["learning_rate"] - cfg["min_lr"])
     assert max(h["lr"] for h in logs) > 0.5 * cfg["learning_rate"]  # after warming up to the peak
     assert wall < budget + 10  # inside the budget, with room for the interpreter's start and exit on a busy machine
-    bad = run("train.py", TINY, "--dataset=tiny", "--out_dir=budget_bad", "--time_budget=-1", cwd=tiny_run)
+    bad, bad_ema = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=budget_bad", "--time_budget=-1"),
+                             ("train.py", TINY, "--dataset=tiny", "--out_dir=budget_bad", "--ema=1.5")], cwd=tiny_run)
     assert "time_budget must be >= 0" in assert_one_line_error(bad)
+    assert "ema must be >= 0 and < 1" in assert_one_line_error(bad_ema)
+    assert not (tiny_run / "budget_bad").exists()
 
 
 def test_300s_config_compiles_only_where_a_cpp_compiler_is(monkeypatch):
