@@ -84,6 +84,14 @@ def scaled_step(optimizers, scaler, grad_clip):
     scaler.update()
 
 
+@torch.no_grad()
+def update_average(avg_model, model, decay):
+    """One step of a moving average of the weights: avg = decay * avg + (1 - decay) * current. The
+    training scripts evaluate and save the average (their --ema) instead of the last step's weights."""
+    for pa, pm in zip(avg_model.parameters(), model.parameters()):
+        pa.lerp_(pm, 1 - decay)
+
+
 def save_checkpoint(ckpt, path):
     """torch.save through atomic_write: the previous checkpoint survives any failure. The bytes are made
     in memory first, so a full disk surfaces as the OSError it is ("No space left on device"), not as

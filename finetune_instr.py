@@ -24,7 +24,8 @@ import time
 import torch
 
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint, scaled_step)
+                        model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint, scaled_step,
+                        update_average)
 from configurator import configure, fail
 from evaluate import ExamplesError, answer_all, load_examples, print_table
 from model import GPT, GPTConfig, lr_schedule, pad_batch
@@ -252,9 +253,7 @@ for it in range(max_iters + 1):
     scaler.scale(loss).backward()  # (a no-op scale unless float16)
     scaled_step([optimizer], scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
     if avg_model is not model:
-        with torch.no_grad():
-            for pa, pm in zip(avg_model.parameters(), model.parameters()):
-                pa.lerp_(pm, 1 - ema)  # avg = ema * avg + (1 - ema) * current
+        update_average(avg_model, model, ema)  # (checkpoint.py)
     history.append({"iter": it + 1, "loss": loss.item(), "lr": lr})
 print(f"finetuned in {time.time() - t0:.1f}s; best val loss {best:.4f} -> {ckpt_path}")
 

@@ -17,6 +17,7 @@ seed made of (seed, iteration, micro-batch index across all ranks). So ranks nev
 other's batches, a resumed run continues exactly like an uninterrupted one, and 2 processes x 1
 micro-batch see the very batches that 1 process x 2 micro-batches sees.
 """
+import copy
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import torch
 import configurator
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         model_from_checkpoint, pick_device, prepare_out_dir, reason_of, resolve_dtype, save_checkpoint,
-                        scaled_step)
+                        scaled_step, update_average)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from model import GPT, GPTConfig, lr_schedule, missing_cpp_compiler, param_groups
 from tokenizer import load_tokenizer
@@ -217,27 +218,22 @@ if master:  # fail now, not after an hour of training, if out_dir cannot be writ
         fail(e)
 torch.manual_seed(seed)  # the initial weights (the same on every rank)
 batch_gen = torch.Generator()  # reseeded for every micro-batch (see the docstring)
-average = None  # a resumed run's moving average of the weights (ema > 0)
 if resumed:
     try:  # the checkpoint's weights, in model_args (its architecture, this run's dropout / use_sdpa)
         model, _ = model_from_checkpoint({**resumed, "model_args": model_args}, device, use_sdpa=use_sdpa)
     except CheckpointError as e:
         fail(e)
     model.train()
-    if "train_weights" in resumed:  # saved with ema: "model" is the average; the weights being trained go in
-        average = {n: p.detach().clone() for n, p in model.named_parameters()}
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(resumed["train_weights"][n])
 else:
     model = GPT(GPTConfig(**model_args, use_sdpa=use_sdpa)).to(device)
-# the moving average of the weights (ema > 0), in float32, updated after every step. Evaluations and
-# checkpoints swap it in: at a high learning rate the weights wobble from step to step around where
+# the weights we evaluate and save: the model itself, or (ema > 0) a moving average of its recent weights,
+# updated after every step. At a high learning rate the weights wobble from step to step around where
 # they are heading, and the average sits closer to it (README "Loss within 300 s")
-ema_weights = None
-if ema:
-    average = average or dict(model.named_parameters())
-    ema_weights = [average[n].detach().float().clone() for n, _ in model.named_parameters()]
+avg_model = copy.deepcopy(model) if ema else model
+if resumed and "train_weights" in resumed:  # saved with ema: its "model" was the average (now in avg_model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(resumed["train_weights"][n])
 
 
 class Muon(torch.optim.Optimizer):
@@ -296,16 +292,17 @@ if master:
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss on eval_iters batches per split. The batches are the same at every evaluation
-    (their own seeded generator), so successive val losses are directly comparable."""
+    """Mean loss of the weights we evaluate (avg_model) on eval_iters batches per split. The batches are
+    the same at every evaluation (their own seeded generator), so successive val losses are directly
+    comparable."""
     out = {}
-    raw_model.eval()
+    avg_model.eval()
     for split, data in ((("train", train_data),) if eval_train else ()) + (("val", val_data),):
         gen = torch.Generator().manual_seed(seed + 1)
         with ctx:  # (the batches are plain integer tensors: autocast only changes the model's math)
-            losses = [raw_model(*get_batch(data, gen))[1].item() for _ in range(eval_iters)]
+            losses = [avg_model(*get_batch(data, gen))[1].item() for _ in range(eval_iters)]
         out[split] = torch.tensor(losses).mean().item()  # averaged in float32, as it always was
-    raw_model.train()
+    avg_model.train()
     return out
 
 
@@ -325,24 +322,12 @@ def write_log(append=None):
         fail(f"could not write {path}: {reason_of(e)}")
 
 
-@torch.no_grad()
-def swap_ema():
-    """Exchange the weights being trained and their moving average (ema > 0), in place."""
-    for p, e in zip(raw_model.parameters(), ema_weights):
-        live = p.detach().clone()
-        p.copy_(e)
-        e.copy_(live)
-
-
 def save(path):
-    """Called while the average is swapped in (ema > 0): "model" is what was evaluated, and the weights
-    being trained go beside it, for a resume."""
-    extra = {}
-    if ema:  # (ema_weights holds them while the average is swapped in)
-        extra["train_weights"] = {n: w.clone() for (n, _), w in zip(raw_model.named_parameters(), ema_weights)}
+    """"model" is what was evaluated; with ema the weights being trained go beside it, for a resume."""
+    extra = {"train_weights": {n: p.detach().clone() for n, p in raw_model.named_parameters()}} if ema else {}
     try:
         save_checkpoint({
-            "kind": "pretrain", "model_args": model_args, "model": raw_model.state_dict(), **tok_state,
+            "kind": "pretrain", "model_args": model_args, "model": avg_model.state_dict(), **tok_state,
             "config": config, "iter_num": iter_num, "best_val_loss": best_val_loss, "history": history,
             "optimizer": [opt.state_dict() for opt in optimizers], "scaler": scaler.state_dict(), **extra,
         }, path)
@@ -375,8 +360,6 @@ while True:
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         t_eval = time.time()
-        if ema:
-            swap_ema()  # evaluate and save the average; swapped back below
         losses = estimate_loss()
         eval_s = time.time() - t_eval
         if not all(math.isfinite(v) for v in losses.values()):  # the weights went bad: keep the last good files
@@ -393,8 +376,6 @@ while True:
         if improved:
             save(ckpt_path)
         write_log()
-        if ema:
-            swap_ema()
         if target_val_loss and losses["val"] <= target_val_loss:
             print(f"reached target val loss {target_val_loss} at iteration {iter_num}")
             last_step = True
@@ -424,11 +405,8 @@ while True:
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
     scaled_step(optimizers, scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
-    if ema:  # a shorter memory in the first steps, so that the random initial weights fade out quickly
-        decay = min(ema, (1 + iter_num) / (10 + iter_num))
-        with torch.no_grad():
-            for p, e in zip(raw_model.parameters(), ema_weights):
-                e.lerp_(p.detach().float(), 1.0 - decay)  # e = decay * e + (1 - decay) * p
+    if ema:  # a shorter memory over the first steps, so that the random initial weights fade out quickly
+        update_average(avg_model, raw_model, min(ema, (1 + iter_num) / (10 + iter_num)))
     step_s = time.time() - tstep
     train_time += step_s
     iter_num += 1
