@@ -32,8 +32,8 @@ warmup_iters = 20  # ... of which the first 2% warm up
 compile = sys.platform == "linux" and missing_cpp_compiler() is None
 # evaluate and save a moving average of the weights (train.py --ema), not the last step's: at this
 # learning rate the weights wobble around where they are heading, and the average sits closer to it.
-# Best val 1.4650, 1.4726, 1.4627, 1.4686 and 1.4782 in five runs (mean 1.469), against 1.4843 and 1.4914
-# without it in the same hour (README "Loss within 300 s")
+# Best val 1.4650, 1.4726, 1.4627, 1.4686, 1.4782 and 1.4752 in six runs (mean 1.470), against 1.4843 and
+# 1.4914 without it in the same hour (README "Loss within 300 s")
 ema = 0.995
 eval_interval = 500
 eval_iters = 20
