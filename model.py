@@ -20,13 +20,11 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    # how big: blocks, the width of the residual stream, the attention heads that share it
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
-    # what it reads: the vocabulary, and the longest context it sees (learned positions 0..block_size-1)
-    vocab_size: int = 64
-    block_size: int = 256
+    n_layer: int = 4          # blocks, one after another
+    n_embd: int = 128         # C: the width of the residual stream that every block reads and writes
+    n_head: int = 4           # attention heads side by side, each C / n_head wide
+    vocab_size: int = 64      # rows of the token embedding table (and outputs of the head)
+    block_size: int = 256     # T: the longest context it sees (learned positions 0..block_size-1)
     bias: bool = True         # biases in Linear and LayerNorm, like GPT-2
     dropout: float = 0.0
     use_sdpa: bool = True     # True: fused F.scaled_dot_product_attention; False: the explicit math
@@ -59,8 +57,6 @@ class CausalSelfAttention(nn.Module):
         self.use_sdpa, self.qk_norm = cfg.use_sdpa, cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.attn_dropout = nn.Dropout(cfg.dropout)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
         self.record = False  # set True to keep the attention weights in self.att (the app's heatmap)
         self.att = None
 
@@ -98,11 +94,11 @@ class CausalSelfAttention(nn.Module):
             att = F.softmax(att, dim=-1)  # each row: how much query i takes from each key
             if self.record:
                 self.att = att.detach()
-            att = self.attn_dropout(att)
+            att = F.dropout(att, p) if p > 0 else att
             y = att @ v  # (B, nh, T, hs) weighted sum of values
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
         y = self.c_proj(y)
-        return self.resid_dropout(y) if p > 0 else y  # (skipping a no-op call matters when sampling)
+        return F.dropout(y, p) if p > 0 else y  # (skipping a no-op call matters when sampling)
 
 
 class MLP(nn.Module):
@@ -110,14 +106,14 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
         self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, 4C)
         h = F.relu(h).square() if self.relu2 else F.gelu(h)
         h = self.c_proj(h)
-        return self.dropout(h) if self.training and self.dropout.p > 0 else h
+        return F.dropout(h, self.dropout) if self.training and self.dropout > 0 else h
 
 
 class Block(nn.Module):
@@ -140,7 +136,6 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)  # token embeddings
         # learned position embeddings (GPT-2); with RoPE, positions enter inside attention instead
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
-        self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -189,8 +184,8 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe.weight[rows]  # + (T, C): the rows of the tokens' positions
-        if self.training and self.drop.p > 0:
-            x = self.drop(x)
+        if self.training and self.config.dropout > 0:
+            x = F.dropout(x, self.config.dropout)
         layers = []  # each block's output, kept only for every_layer (sampling never asks for them)
         for i, block in enumerate(self.h):
             x = block(x, mask, rot, None if caches is None else caches[i], pos)
