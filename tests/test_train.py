@@ -268,6 +268,9 @@ def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
     cfg, logs = ck["config"], [h for h in ck["history"] if "lr" in h]
     assert 0 < ck["iter_num"] < 1000000 and len(logs) >= 10  # stopped by the clock, not by max_iters
     assert cfg["ema"] > 0 and "train_weights" in ck  # it evaluates and saves the moving average of the weights
+    # its stronger weight decay reaches the optimizer: the matrices decay at the config's rate, gains not at all
+    assert cfg["weight_decay"] > 0.1 and sorted(g["weight_decay"] for g in ck["optimizer"][0]["param_groups"]) == [
+        0.0, cfg["weight_decay"]]
     # decayed by the clock: the run stops a few seconds before the end of the budget (its last evaluation,
     # two steps and 2 s), near the bottom of the cosine; by iterations the rate would still be at its peak
     assert logs[-1]["lr"] < cfg["min_lr"] + 0.25 * (cfg["learning_rate"] - cfg["min_lr"])
