@@ -1,7 +1,7 @@
 # make demo: venv -> prepare (byte-level BPE, 2,048 tokens) -> pretrain (the lesson) -> bits per byte on a
 # held-out book -> instruction finetune of the shipped BPE backbone (+ evaluation: single questions and
 # conversations) -> classification (a linear probe on the shipped 6x256 character backbone) -> answers
-# make test: the whole test suite (CPU, 3.5-4 minutes on 2 cores from a fresh clone)
+# make test: the whole test suite (CPU, 3-4 minutes on 2 cores from a fresh clone)
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
