@@ -41,7 +41,8 @@ ema = 0.995
 # the last 2,700 steps of a 9,700-step run), and a stronger pull towards small weights lets it keep learning.
 # Best val, one after the other on 2026-11-30: 0.1 1.4639 / 1.4580, 0.3 1.4349 / 1.4351, 0.5 1.4286 /
 # 1.4279, 1.0 1.4182 / 1.4189, 2.0 1.4527; with half the budget (as on a machine half as fast) 0.1 1.4731 /
-# 1.4696, 1.0 1.4480 / 1.4577. This file as committed: 1.4274 and 1.4286, eager 1.4338 (README)
+# 1.4696, 1.0 1.4480 / 1.4577. This file as committed: 1.4274, 1.4286 and
+# 1.4235, eager 1.4338 (README)
 weight_decay = 1.0
 eval_interval = 500
 eval_iters = 20
