@@ -8,6 +8,7 @@ Benchmarks: training throughput, a race between two recipes, and sampling speed.
     python bench.py --mode=sample --out_dir=out                        # KV cache on vs off; batch 8 vs 1
     python bench.py --mode=prepare --prepare_mb=2000                   # prepare.py on a generated 2 GB folder
     python bench.py --mode=curve --backbone=out                        # what pretraining buys: a learning curve
+    python bench.py --mode=resplit --backbone=pretrained/es-char-6x256 # the test split's luck: probe vs TF-IDF
     python bench.py --mode=serve --clients=16 --requests=4             # against a running serve.py
 
 race runs the two configs one after the other (never at the same time: two PyTorch processes
@@ -32,7 +33,7 @@ from configurator import configure, fail, read_config_file
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
-mode = "train"  # train | race | sample | prepare | curve | serve
+mode = "train"  # train | race | sample | prepare | curve | resplit | serve
 # train: the model and batch shape come from a train.py config file
 config = "config/pretrain_char.py"
 iters = 20
@@ -65,6 +66,11 @@ cls_config = "config/finetune_cls.py"
 curve_labels = "40,120,0"  # training labels per point (balanced); 0 = all
 seeds = 3
 curve_svg = ""  # also draw the curve into this SVG file (the README's picture)
+# resplit: cls_config's linear probe on backbone and TF-IDF, on the data's own split and on this many random
+# re-splits of all its labelled texts (same sizes, stratified)
+resplits = 20
+pools = ""  # comma-separated poolings to compare side by side (e.g. layers,layers+max); empty: cls_config's
+scratch = False  # the control: backbone's network with random weights (drawn with `seed`), never trained
 # serve: N concurrent streaming clients x M requests each against a running serve.py
 serve_url = "http://127.0.0.1:8000"
 serve_model = "out-instr"
@@ -478,6 +484,78 @@ def bench_curve():
         print(f"plot written to {curve_svg}")
 
 
+def bench_resplit():
+    """How much of a test accuracy is the luck of the split. cls_config's linear probe (frozen backbone,
+    one per pooling in `pools`) and TF-IDF are fitted and scored on the data's own train/test split,
+    then on `resplits` random stratified re-splits of all its labelled texts with the same sizes (val
+    is left out: the probe never reads it). A test set of ~100 texts moves by several points from one
+    split to the next; differences on the same splits (paired) are the steadier comparison."""
+    if resplits < 0:
+        fail(f"--resplits must be 0 (the own split only) or more, got {resplits}")
+    import finetune_cls as fc  # its data reading, features and probe: the numbers are the demo's
+    from tfidf import tfidf_baseline
+    here = lambda path: path if os.path.exists(path) else os.path.join(HERE, path)  # run from anywhere
+    cfg = {**{k: getattr(fc, k) for k in ("data", "text_col", "label_col", "val_fraction", "test_fraction",
+                                          "seed", "pool", "probe_l2")}, **read_config_file(here(cls_config))}
+    cfg["data"] = here(cfg["data"])
+    names_of_pools = pools.split(",") if pools else [cfg["pool"]]
+    if any(p not in fc.POOLS for p in names_of_pools):
+        fail(f"--pools: each must be one of {', '.join(fc.POOLS)}, got '{pools}'")
+    try:
+        ckpt = load_checkpoint(backbone, kinds=("pretrain", "instr"), quantized=False)
+        gpt, tok = model_from_checkpoint(ckpt, device)
+    except CheckpointError as e:
+        fail(e)
+    if scratch:  # the same architecture and vocabulary, random weights: what the features are worth untrained
+        torch.manual_seed(seed)
+        gpt = GPT(GPTConfig(**ckpt["model_args"])).to(device).eval()
+    name = backbone + (" (random weights)" if scratch else "")
+    own = fc.load_data(cfg["data"], cfg["text_col"], cfg["label_col"], cfg["val_fraction"], cfg["test_fraction"],
+                       cfg["seed"])
+    texts = [t for s in fc.SPLITS for t in own[s][0]]  # every labelled text once: train, val, test
+    labels = [lab for s in fc.SPLITS for lab in own[s][1]]
+    names = sorted(set(own["train"][1]))
+    fc.check_labels(labels, names, f"the val/test splits of {cfg['data']}")
+    y = torch.tensor([names.index(lab) for lab in labels])  # (N,)
+    seqs = [fc.encode(tok, t, gpt.config.block_size) for t in texts]
+    X = {}  # pool -> (N, C): the frozen backbone's vectors, computed once per pooling
+    for p in names_of_pools:
+        X[p] = fc.all_features(fc.Classifier(gpt, len(names), p).to(device), seqs, tok.pad_id, 32, device).cpu()
+    n = {s: len(own[s][0]) for s in fc.SPLITS}
+    print(f"{name}: features of {len(texts)} texts ({', '.join(f'{p} {x.size(1):,}' for p, x in X.items())}) | "
+          f"{cfg['data']}: {n['train']} train / {n['val']} val / {n['test']} test")
+    # the own split first (rows in the order above), then the random ones, drawn as the kit splits one file
+    draws = [(list(range(n["train"])), list(range(n["train"] + n["val"], len(texts))), cfg["seed"])]
+    for r in range(1, resplits + 1):
+        part = fc.stratified_split(list(range(len(texts))), labels, n["val"] / len(texts), n["test"] / len(texts), r)
+        draws.append((part["train"][0], part["test"][0], r))
+    cols = [f"probe, {p}" for p in X] + ["TF-IDF + logreg"]
+    acc = {c: [] for c in cols}
+    for k, (tr, te, s) in enumerate(draws):
+        for p, x in X.items():
+            head = torch.nn.Linear(x.size(1), len(names))
+            fc.probe_head(head, x[tr], y[tr], len(names), cfg["probe_l2"], s)  # penalty cross-validated on train
+            acc[f"probe, {p}"].append((head(x[te]).argmax(1) == y[te]).float().mean().item())
+        tf = tfidf_baseline(([texts[i] for i in tr], y[tr].tolist()), ([texts[i] for i in te], None), len(names))
+        acc["TF-IDF + logreg"].append((torch.as_tensor(tf) == y[te]).float().mean().item())
+        print(f"{'own split' if k == 0 else f're-split {k}':<12}" + "  ".join(f"{c} {acc[c][-1]:.3f}" for c in cols),
+              flush=True)
+
+    def spread(v, signed=False):  # mean ± standard error over the re-splits (and min-max of an accuracy)
+        se = statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else 0.0
+        return f"{statistics.mean(v):+.3f} ± {se:.3f}" if signed else \
+            f"{statistics.mean(v):.3f} ± {se:.3f} ({min(v):.2f}–{max(v):.2f})"
+    print(f"\ntest accuracy on {cfg['data']}, {cls_config}, backbone {name}: the own split, and the mean ± "
+          f"standard error (min–max) over {resplits} random re-splits of the same sizes")
+    print(f"| | own split | {resplits} re-splits | − TF-IDF on the same splits |")
+    print("| --- | --- | --- | --- |")
+    tf = acc["TF-IDF + logreg"][1:]
+    for c in cols:
+        rest = acc[c][1:]
+        diff = spread([a - b for a, b in zip(rest, tf)], signed=True) if rest and c != cols[-1] else ""
+        print(f"| {c} | {acc[c][0]:.3f} | {spread(rest) if rest else '-'} | {diff} |")
+
+
 def stream_once(url, body, key):
     """One streaming chat request, read as server-sent events: (seconds to the first content,
     seconds in all, completion tokens from the usage chunk, 429s met). A 429 (the server's queue is
@@ -558,6 +636,8 @@ if mode == "serve":
     bench_serve()
 elif mode == "curve":
     bench_curve()
+elif mode == "resplit":
+    bench_resplit()
 elif mode == "prepare":
     bench_prepare()
 elif mode == "train":
@@ -570,4 +650,4 @@ elif mode == "sample":
     with torch.no_grad():
         bench_sample()
 else:
-    fail(f"mode must be train, race, sample, prepare, curve or serve, got '{mode}'")
+    fail(f"mode must be train, race, sample, prepare, curve, resplit or serve, got '{mode}'")

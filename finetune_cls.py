@@ -10,9 +10,10 @@ Finetune the pretrained GPT as a text classifier (the shipped task: reviews, pos
     python finetune_cls.py --out_dir=out-cls --predict_file=reviews.txt    # one text per line
 
 How it works: each text goes through the GPT, right-padded with <pad> to the longest text of its
-batch. One vector per text is read from the final hidden states (pool='last': the last real token;
-'mean': the mean over the real tokens; 'layers': that mean for every block's output and the final
-states, side by side) and a linear head turns it into one score per label. With the
+batch. One vector per text is read from the hidden states (pool='last': the last real token's final
+state; 'mean': the mean of the final states over the real tokens; 'layers': that mean for every
+block's output and the final states, side by side; 'layers+max', the default: those, and each MLP
+hidden unit's largest activation over the text) and a linear head turns it into one score per label. With the
 backbone frozen those vectors never change, so they are computed once and only the head trains.
 
 The best model on val (macro-F1 or accuracy) is written atomically to out_dir/ckpt.pt (kind 'cls':
@@ -59,9 +60,9 @@ eval_only = False  # score out_dir's classifier on the test split of data, witho
 predict = None  # a text to classify with out_dir's classifier: prints the label and the probabilities
 predict_file = ""  # a file of texts to classify, one per line
 # classifier
-pool = "layers"  # 'layers': the mean over the real tokens of every block's output and of the final states, side
-# by side (the best for the linear probe, README); 'mean': that mean of the final states only; 'last': the
-# final hidden state of the last real token
+pool = "layers+max"  # 'layers': the mean over the real tokens of every block's output and of the final states,
+# side by side; 'layers+max': those, and each MLP hidden unit's largest activation over the text (the best for
+# the linear probe, README); 'mean': the mean of the final states only; 'last': the last real token's state
 freeze = "backbone"  # 'backbone': only the head trains (a linear probe, below); 'last_n': also the last
 # unfreeze_last blocks and ln_f; 'none': everything
 unfreeze_last = 1
@@ -89,7 +90,7 @@ config = configure(globals(), None if __name__ == "__main__" else [])  # importe
 # data ------------------------------------------------------------------------
 SPLITS = ("train", "val", "test")
 EXTS = (".tsv", ".csv", ".jsonl")
-POOLS = ("last", "mean", "layers")
+POOLS = ("last", "mean", "layers", "layers+max")
 
 
 def prepare_text(text):
@@ -213,15 +214,21 @@ def pad(seqs, pad_id, device):
 
 # model -----------------------------------------------------------------------
 class Classifier(nn.Module):
-    """A GPT backbone, a pooling ('last' | 'mean' | 'layers') and a linear head: one score per label and text."""
+    """A GPT backbone, a pooling ('last' | 'mean' | 'layers' | 'layers+max') and a linear head: one score
+    per label and text."""
 
-    def __init__(self, backbone, n_labels, pool="layers"):
+    def __init__(self, backbone, n_labels, pool="layers+max"):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
         self.backbone, self.pool = backbone, pool
+        cfg = backbone.config
         # 'layers' reads n_layer + 1 vectors of n_embd per text: the head sees them side by side
-        width = backbone.config.n_embd * (backbone.config.n_layer + 1 if pool == "layers" else 1)
+        width = cfg.n_embd * (cfg.n_layer + 1 if pool.startswith("layers") else 1)
+        if pool == "layers+max":  # and the largest activation of every MLP hidden unit: 4 n_embd per block
+            width += sum(block.mlp.c_fc.out_features for block in backbone.h)
+            for block in backbone.h:
+                block.mlp.record = True
         self.head = nn.Linear(width, n_labels)
         nn.init.normal_(self.head.weight, mean=0.0, std=0.02)  # the GPT's own init: near-uniform probabilities
         nn.init.zeros_(self.head.bias)
@@ -230,16 +237,23 @@ class Classifier(nn.Module):
         """(B, T) right-padded ids, (B,) lengths -> (B, C), one vector per text. Attention is causal, so
         the pads, all after the text, never reach the hidden states of the real tokens: the vector is
         the same however much padding the batch needs. ctx (autocast) covers the backbone only."""
+        every = self.pool.startswith("layers")
         with ctx:  # 'layers': n_layer + 1 of (B, T, C), the final states last; otherwise the final states
-            hs = self.backbone.hidden_states(idx, every_layer=self.pool == "layers")
-        hs = hs if self.pool == "layers" else [hs]
+            hs = self.backbone.hidden_states(idx, every_layer=every)
+        hs = hs if every else [hs]
         if self.pool == "last":
             h = hs[-1].float()
             return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C) last real token of each row
         real = (torch.arange(idx.size(1), device=idx.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
         # mean over the real tokens only: (B, C), or (B, (n_layer + 1) C) for every layer side by side. Lower
         # layers hold more of what a text is about, the last one more of what comes next in it
-        return torch.cat([(x.float() * real).sum(dim=1) / lengths[:, None] for x in hs], dim=-1)
+        feats = [(x.float() * real).sum(dim=1) / lengths[:, None] for x in hs]
+        if self.pool == "layers+max":
+            # each MLP hidden unit's largest activation over the real tokens, (B, 4C) per block. A unit is a
+            # detector (of a word, an ending, a turn of phrase); a mean blurs whether it fired at all, a
+            # maximum says so, as a bag of words does for its words
+            feats += [b.mlp.act.float().masked_fill(~real, float("-inf")).amax(dim=1) for b in self.backbone.h]
+        return torch.cat(feats, dim=-1)
 
     def forward(self, idx, lengths, ctx=nullcontext()):
         return self.head(self.features(idx, lengths, ctx))  # (B, K)

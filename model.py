@@ -109,10 +109,13 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.relu2 = cfg.mlp == "relu2"
+        self.record = False  # set True to keep the hidden activations in self.act (the classifier's max pooling)
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, 4C)
         h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        if self.record:
+            self.act = h  # (B, T, 4C): each hidden unit's activation at each token
         h = self.c_proj(h)
         return F.dropout(h, self.dropout) if self.training and self.dropout > 0 else h
 

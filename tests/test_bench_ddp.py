@@ -111,16 +111,36 @@ def test_ddp_averages_gradients_and_resumes_exactly(tiny_run):
     assert full_out.count("iter 20/20") == 1
 
 
-def test_bench_prepare_and_curve(tiny_run, tmp_path):
-    """bench.py --mode=prepare on a small generated folder (all four file kinds, two encodings) and
-    --mode=curve with one seed and all labels: both run end to end and report what they promise."""
+def test_bench_prepare_curve_and_resplit(tiny_run, tmp_path):
+    """bench.py --mode=prepare on a small generated folder (all four file kinds, two encodings),
+    --mode=curve with one seed and all labels, and --mode=resplit with two poolings and two re-splits:
+    each runs end to end and reports what it promises."""
     cfg = tmp_path / "cls_fast.py"
     cfg.write_text(f"data = {os.path.join(ROOT, 'data', 'es', 'sentiment')!r}\npool = 'mean'\nfreeze = 'last_n'\n"
                    "max_iters = 10\neval_interval = 5\nbatch_size = 16\n", encoding="utf-8")
-    prep, curve = run_many([
+    back = f"--backbone={tiny_run / 'out'}"
+    prep, curve, resplit, own, bad_n, bad_pool = run_many([
         ("bench.py", "--mode=prepare", "--prepare_mb=20"),
-        ("bench.py", "--mode=curve", f"--backbone={tiny_run / 'out'}", f"--cls_config={cfg}", "--curve_labels=0",
-         "--seeds=1", "--curve_svg=curve.svg")], cwd=tmp_path)
+        ("bench.py", "--mode=curve", back, f"--cls_config={cfg}", "--curve_labels=0", "--seeds=1",
+         "--curve_svg=curve.svg"),
+        ("bench.py", "--mode=resplit", back, f"--cls_config={cfg}", "--pools=mean,layers+max", "--resplits=2",
+         "--scratch=True"),
+        ("bench.py", "--mode=resplit", back, "--resplits=0"),
+        ("bench.py", "--mode=resplit", back, "--resplits=-1"),
+        ("bench.py", "--mode=resplit", back, "--pools=layers,max")], cwd=tmp_path)
+    assert resplit.returncode == 0, resplit.stderr
+    rows = [r for r in resplit.stdout.splitlines() if r.startswith("| probe, ") or r.startswith("| TF-IDF")]
+    assert [r.split(" | ")[0] for r in rows] == ["| probe, mean", "| probe, layers+max", "| TF-IDF + logreg"]
+    assert all(r.count("|") == 5 and "2 re-splits" in resplit.stdout for r in rows), resplit.stdout
+    # the own split is the shipped train/test split: TF-IDF scores there exactly what finetune_cls.py prints
+    assert rows[2].startswith("| TF-IDF + logreg | 0.772 |") and "re-split 2 " in resplit.stdout, resplit.stdout
+    assert "(random weights)" in resplit.stdout and "(random weights)" not in own.stdout, own.stderr
+    # --resplits=0: the shipped split alone, with the config's own pooling (config/finetune_cls.py: layers+max)
+    probe_rows = [r for r in own.stdout.splitlines() if r.startswith("| probe")]
+    assert len(probe_rows) == 1 and probe_rows[0].startswith("| probe, layers+max | 0."), own.stdout
+    assert probe_rows[0].split(" | ")[2] == "-", own.stdout
+    assert "--resplits must be 0" in assert_one_line_error(bad_n)
+    assert "--pools: each must be one of" in assert_one_line_error(bad_pool)
     assert prep.returncode == 0, prep.stderr
     kinds = {name.split(".", 1)[1] for name in os.listdir(tmp_path / "bench-prepare")}
     assert kinds == {"txt", "jsonl.gz", "parquet"}
