@@ -89,6 +89,12 @@ except ValueError as e:
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def in_kit(path):
+    """path as given if it exists here, else the same path inside the kit: the shipped files (prompt file,
+    configs, data) are found whatever folder bench.py runs from."""
+    return path if os.path.exists(path) else os.path.join(HERE, path)
+
+
 def matmul_peak(dt):
     """Measured peak FLOP/s of one large matmul in this dtype on this device (the MFU denominator)."""
     n = 2048
@@ -291,7 +297,7 @@ def bench_sample():
     # the prompt: "\n" alone, or (prompt_len=-1) a window full of real text, so that every step
     # works at the block size (the uncached path recomputes 128..256 tokens per step, not 1..256)
     n = bs if prompt_len == -1 else prompt_len
-    path = prompt_file if os.path.isfile(prompt_file) else os.path.join(HERE, prompt_file)
+    path = in_kit(prompt_file)
     if n > 1 and not os.path.isfile(path):
         fail(f"prompt file not found: {prompt_file}")
     if batch < 1:
@@ -494,10 +500,9 @@ def bench_resplit():
         fail(f"--resplits must be 0 (the own split only) or more, got {resplits}")
     import finetune_cls as fc  # its data reading, features and probe: the numbers are the demo's
     from tfidf import tfidf_baseline
-    here = lambda path: path if os.path.exists(path) else os.path.join(HERE, path)  # run from anywhere
     cfg = {**{k: getattr(fc, k) for k in ("data", "text_col", "label_col", "val_fraction", "test_fraction",
-                                          "seed", "pool", "probe_l2")}, **read_config_file(here(cls_config))}
-    cfg["data"] = here(cfg["data"])
+                                          "seed", "pool", "probe_l2")}, **read_config_file(in_kit(cls_config))}
+    cfg["data"] = in_kit(cfg["data"])
     names_of_pools = pools.split(",") if pools else [cfg["pool"]]
     if any(p not in fc.POOLS for p in names_of_pools):
         fail(f"--pools: each must be one of {', '.join(fc.POOLS)}, got '{pools}'")
