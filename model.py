@@ -73,21 +73,27 @@ class CausalSelfAttention(nn.Module):
         if rot is not None:  # the angles of each token's own position
             qk = rope(qk, rot[0].to(qk.dtype), rot[1].to(qk.dtype))
         q, k = qk  # (B, nh, T, hs) each
+        fresh = cache is not None and "k" not in cache  # a cache's first call: the window's first T tokens
         if cache is not None:  # KV cache: keys/values of earlier positions are reused, not recomputed
-            if "k" not in cache:  # room for a whole window, allocated once
+            if fresh:  # room for a whole window, allocated once
                 cache["k"] = k.new_zeros(B, self.n_head, self.block_size, hs)
                 cache["v"] = v.new_zeros(B, self.n_head, self.block_size, hs)
             cache["k"].index_copy_(2, pos, k)  # write in place at the new positions: no copy of the rest
             cache["v"].index_copy_(2, pos, v)
-            # attend to every slot, (B, nh, block_size, hs): the mask hides those not written yet, and the
-            # shapes never change from one token to the next (what compile_decoding needs)
-            k, v = cache["k"], cache["v"]
+            if not fresh:
+                # attend to every slot, (B, nh, block_size, hs): the mask hides those not written yet, and
+                # the shapes never change from one token to the next (what compile_decoding needs)
+                k, v = cache["k"], cache["v"]
+        # no earlier keys (no cache, or a fresh one being filled): the T tokens attend among themselves,
+        # causally, so the fill of a new window costs what a pass without a cache costs
+        mask = mask[:, :k.size(2)]  # (T, Tk): the mask's columns for the keys attended to
+        causal = (cache is None or fresh) and T > 1
         p = self.dropout if self.training else 0.0
         if self.use_sdpa and not self.record:
-            # one fused kernel (flash / memory-efficient where available), same math as below; without a
-            # cache, is_causal says the same as the mask and picks the fastest kernel
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if cache is None else mask.to(q.dtype),
-                                               is_causal=cache is None and T > 1, dropout_p=p)
+            # one fused kernel (flash / memory-efficient where available), same math as below; where no
+            # earlier keys exist, is_causal says the same as the mask and picks the fastest kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask.to(q.dtype),
+                                               is_causal=causal, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk) similarity scores
             att = att + mask.to(att.dtype)  # + (T, Tk): -inf after each query's position (causal)

@@ -232,3 +232,31 @@ def test_the_shared_training_rules():
     assert pad_batch([[1, 2, 3], [4]], -100).tolist() == [[1, 2, 3], [4, -100, -100]]
     # float16 gets a real loss scaler, every other precision a pass-through
     assert grad_scaler("cpu", "float16").is_enabled() and not grad_scaler("cpu", "float32").is_enabled()
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_cache_fill_attends_causally_among_its_own_tokens(monkeypatch, use_sdpa):
+    """Filling a fresh cache is a pass without one: same logits, the window's keys written to its first
+    slots, and (SDPA) the causal kernel without a mask over the empty slots; the next steps then attend
+    to every slot through the mask."""
+    m = _model(seed=6, use_sdpa=use_sdpa, **ARCHS[1])
+    idx = torch.randint(0, 23, (3, 10))
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0:
+                        calls.append((q.size(2), k.size(2), attn_mask is None, is_causal))
+                        or sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p))
+    caches = [{} for _ in m.h]
+    with torch.no_grad():
+        filled = m.next_logits(idx, caches, torch.arange(10))
+        k = caches[0]["k"].clone()  # (B, nh, block_size, hs): the 10 written slots, then zeros
+        uncached = m.next_logits(idx)
+        step = m.next_logits(idx[:, -1:], caches, torch.tensor([10]))
+    assert torch.allclose(filled, uncached, atol=1e-5)
+    assert k.shape[2] == 16 and k[:, :, :10].abs().sum() > 0 and k[:, :, 10:].abs().sum() == 0
+    assert torch.allclose(step, m.next_logits(torch.cat([idx, idx[:, -1:]], 1)), atol=1e-5)
+    if use_sdpa:  # per layer: the fill and the pass without a cache (10 queries, 10 keys, causal), the step
+        assert calls[:6] == [(10, 10, True, True)] * 4 + [(1, 16, False, False)] * 2
+    else:
+        assert calls == []
