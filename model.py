@@ -181,8 +181,9 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx, caches=None, pos=None, every_layer=False):
         """(B, T) token ids -> (B, T, C) final hidden states (after ln_f). With caches (one dict per block,
-        generate_stream), pos (T,) holds the tokens' positions in the window. Classification can also
-        ask for every_layer: a list of each block's output, then the final states (n_layer + 1)."""
+        generate_stream), pos (T,) holds the tokens' positions in the window (on empty caches: 0..T-1).
+        Classification can also ask for every_layer: a list of each block's output, then the final
+        states (n_layer + 1)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
