@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-@dataclass
+@dataclass(kw_only=True)  # fields by name only: checkpoints keep them as a dict (model_args), not in order
 class GPTConfig:
     n_layer: int = 4          # blocks, one after another
     n_embd: int = 128         # C: the width of the residual stream that every block reads and writes

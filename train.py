@@ -109,9 +109,10 @@ if ddp:
 
     init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
+    if device.startswith("cuda"):  # one GPU per process: the one torchrun numbered for it on this machine
+        gpu = int(os.environ["LOCAL_RANK"])
+        torch.cuda.set_device(gpu)
+        device = f"cuda:{gpu}"
     if gradient_accumulation_steps % world:
         fail(f"gradient_accumulation_steps ({gradient_accumulation_steps}) must be divisible by the {world} processes")
     gradient_accumulation_steps //= world
@@ -291,7 +292,7 @@ if master:
 
 
 @torch.no_grad()
-def estimate_loss():
+def split_losses():
     """Mean loss of the weights we evaluate (avg_model) on eval_iters batches per split. The batches are
     the same at every evaluation (their own seeded generator), so successive val losses are directly
     comparable."""
@@ -360,7 +361,7 @@ while True:
     # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         t_eval = time.time()
-        losses = estimate_loss()
+        losses = split_losses()
         eval_s = time.time() - t_eval
         if not all(math.isfinite(v) for v in losses.values()):  # the weights went bad: keep the last good files
             fail(f"the evaluation at iteration {iter_num} gave a non-finite loss ({losses}); stopped without "
