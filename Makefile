@@ -31,7 +31,7 @@ demo: .venv/.installed
 		echo "> $$q"; $(PY) sample.py --out_dir=out-instr --prompt="$$q"; done
 	printf '¿Los perros son caninos?\n¿Y los gatos?\n' | $(PY) sample.py --out_dir=out-instr --chat=True
 
-# the shipped backbone pretrained/es-char-6x256/ (about 45 minutes on 2 CPU cores)
+# the shipped backbone pretrained/es-char-6x256/ (50 minutes on 2 CPU cores: the config's time guard stops it near step 3,300)
 backbone: .venv/.installed
 	$(PY) prepare.py
 	$(PY) train.py config/pretrain_backbone.py --overwrite=True

@@ -1,7 +1,9 @@
 # The shipped backbone (pretrained/es-char-6x256/): a 4.8M-parameter character-level GPT trained for
-# ~45 minutes on 2 CPU cores on the whole default corpus (topic texts, opinions, 14 books). `make demo`
-# pretrains a small model of its own for the lesson, and its sentiment classifier starts from this
-# one (README, "A backbone that transfers"). Reproduce it with `make backbone`:
+# 50 minutes on 2 CPU cores (max_seconds stopped it at step 3,312 of 3,600) on the whole default corpus
+# (topic texts, opinions, 14 books). `make demo` pretrains a small model of its own for the lesson, and
+# its sentiment classifier starts from this one (README, "A backbone that transfers"). Longer runs
+# (7,200 and 12,000 steps) made better language models but no better classifier: README, "Longer
+# pretraining". Reproduce it with `make backbone`:
 #   python prepare.py
 #   python train.py config/pretrain_backbone.py
 #   python checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256   # weights only, bf16
