@@ -164,7 +164,7 @@ train_data, val_data = open_split("train"), open_split("val")
 bits_per_nat_token = meta["val_tokens"] / max(1, meta.get("val_bytes", meta["val_tokens"])) / math.log(2)
 
 
-def get_batch(data, gen):
+def random_windows(data, gen):
     """batch_size random windows of block_size+1 tokens: x is the window, y the same shifted by one.
     A window may start at any i with i + block_size < len(data), so the split's last token is a target too."""
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=gen).tolist()
@@ -211,7 +211,7 @@ else:
 if min(len(train_data), len(val_data)) <= block_size:
     fail(f"corpus too short for block_size={block_size}: train has {len(train_data)} tokens, "
          f"val {len(val_data)}; use more text or a smaller --block_size")
-tokens_per_iter = gradient_accumulation_steps * world * batch_size * block_size
+tokens_per_step = gradient_accumulation_steps * world * batch_size * block_size
 if master:  # fail now, not after an hour of training, if out_dir cannot be written
     try:
         prepare_out_dir(out_dir)
@@ -281,13 +281,13 @@ if resumed:
         scaler.load_state_dict(resumed["scaler"])
     if master:
         print(f"resuming from iteration {iter_num} (best val loss {best_val_loss:.4f})")
-raw_model = model
+bare_model = model  # the module itself, unwrapped: compile and DDP below wrap it as `model`
 if compile:  # traced and compiled at the first step (~20 s on 2 CPU cores); README "Loss within 300 s" has what it buys
     model = torch.compile(model)
 if ddp:
     model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if device_type == "cuda" else None)
 if master:
-    print(f"{raw_model.num_params():,} parameters | {tokens_per_iter:,} tokens per iteration | device {device}, "
+    print(f"{bare_model.num_params():,} parameters | {tokens_per_step:,} tokens per iteration | device {device}, "
           f"{resolve_dtype(device, dtype)}, attention {'fused (sdpa)' if use_sdpa else 'explicit'}")
 
 
@@ -301,7 +301,7 @@ def split_losses():
     for split, data in ((("train", train_data),) if eval_train else ()) + (("val", val_data),):
         gen = torch.Generator().manual_seed(seed + 1)
         with ctx:  # (the batches are plain integer tensors: autocast only changes the model's math)
-            losses = [avg_model(*get_batch(data, gen))[1].item() for _ in range(eval_iters)]
+            losses = [avg_model(*random_windows(data, gen))[1].item() for _ in range(eval_iters)]
         out[split] = torch.tensor(losses).mean().item()  # averaged in float32, as it always was
     avg_model.train()
     return out
@@ -325,7 +325,7 @@ def write_log(append=None):
 
 def save(path):
     """"model" is what was evaluated; with ema the weights being trained go beside it, for a resume."""
-    extra = {"train_weights": {n: p.detach().clone() for n, p in raw_model.named_parameters()}} if ema else {}
+    extra = {"train_weights": {n: p.detach().clone() for n, p in bare_model.named_parameters()}} if ema else {}
     try:
         save_checkpoint({
             "kind": "pretrain", "model_args": model_args, "model": avg_model.state_dict(), **tok_state,
@@ -389,17 +389,17 @@ while True:
 
     # forward/backward over gradient_accumulation_steps micro-batches, then one update
     tstep = time.time()
-    for micro_step in range(gradient_accumulation_steps):
+    for micro in range(gradient_accumulation_steps):
         # this micro-batch's own seed: (seed, iteration, its index among all ranks' micro-batches)
-        k = (iter_num * world + rank) * gradient_accumulation_steps + micro_step
+        k = (iter_num * world + rank) * gradient_accumulation_steps + micro
         batch_gen.manual_seed(seed * 1_000_003 + k)  # which windows
         torch.manual_seed(seed * 1_000_003 + k)  # which dropout masks
-        X, Y = get_batch(train_data, batch_gen)
+        x, y = random_windows(train_data, batch_gen)
         # with DDP the ranks average their gradients once per step, in the last micro-batch's backward
-        only_local = model.no_sync() if ddp and micro_step < gradient_accumulation_steps - 1 else nullcontext()
+        only_local = model.no_sync() if ddp and micro < gradient_accumulation_steps - 1 else nullcontext()
         with only_local:
             with ctx:
-                _, loss = model(X, Y)
+                _, loss = model(x, y)
             # the step's gradient is the mean over its micro-batches; the scale is a no-op unless float16
             scaler.scale(loss / gradient_accumulation_steps).backward()
     if not torch.isfinite(loss):
@@ -407,7 +407,7 @@ while True:
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
     scaled_step(optimizers, scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
     if ema:  # a shorter memory over the first steps, so that the random initial weights fade out quickly
-        update_average(avg_model, raw_model, min(ema, (1 + iter_num) / (10 + iter_num)))
+        update_average(avg_model, bare_model, min(ema, (1 + iter_num) / (10 + iter_num)))
     step_s = time.time() - tstep
     train_time += step_s
     iter_num += 1
@@ -415,15 +415,15 @@ while True:
     if master and iter_num % log_interval == 0:
         dt = (train_time - t0) / log_interval  # training time only, evaluations excluded
         t0 = train_time
-        lossf = loss.item()  # the last micro-batch's mean loss
-        tok_s = tokens_per_iter / dt
+        last_loss = loss.item()  # the last micro-batch's mean loss
+        tok_s = tokens_per_step / dt
         eta = (max_iters - iter_num) * train_time / max(1, iter_num - start_iter)
         step = f"{iter_num}/{max_iters}"
         if time_budget:  # the clock, not the iteration count, ends this run
             eta, step = max(0.0, time_budget - (time.time() - T_PROCESS)), f"{iter_num}"
-        print(f"iter {step} | loss {lossf:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
+        print(f"iter {step} | loss {last_loss:.4f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
               f"{dt * 1000:.0f} ms/iter | ETA {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
-        history.append({"iter": iter_num, "loss": lossf, "lr": lr, "tokens_per_s": round(tok_s)})
+        history.append({"iter": iter_num, "loss": last_loss, "lr": lr, "tokens_per_s": round(tok_s)})
         write_log(append=history[-1])
 
 if master:
@@ -432,7 +432,7 @@ if master:
 if ddp:
     # every rank must hold the same weights (all-reduced gradients, same updates): measure it
     with torch.no_grad():
-        flat = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
+        flat = torch.cat([p.detach().float().flatten() for p in bare_model.parameters()])
         ref = flat.clone()
         torch.distributed.broadcast(ref, 0)
         drift = (flat - ref).abs().max()
