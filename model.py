@@ -119,7 +119,10 @@ class MLP(nn.Module):
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, 4C)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h)
+        if self.relu2 and not torch.is_grad_enabled():  # no backward will need relu's output: square it in
+            h = F.relu_(h).square_()  # place, sparing two (B, T, 4C) buffers (~3% of batch-8 sampling)
+        else:
+            h = F.relu(h).square() if self.relu2 else F.gelu(h)
         if self.record:
             self.act = h  # (B, T, 4C): each hidden unit's activation at each token
         h = self.c_proj(h)

@@ -91,6 +91,24 @@ def test_arch_options_explicit_and_sdpa_agree(arch):
         assert m1.wpe is None and m1.lm_head.weight is not m1.wte.weight
 
 
+def test_relu2_in_place_without_grad_gives_the_same_outputs():
+    # MLP squares relu's output in place when no backward will run (sampling, features): the logits must be
+    # those of the autograd path, the hidden activations the classifier records too, and training still runs
+    m = _model(mlp="relu2")
+    idx = torch.randint(0, 23, (2, 16))
+    m.h[0].mlp.record = True
+    want, _ = m(idx)  # grad enabled: the out-of-place path
+    want_act = m.h[0].mlp.act.detach().clone()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got, _ = m(idx)
+        assert torch.equal(got, want.detach()) and torch.equal(m.h[0].mlp.act, want_act)
+    assert (want_act >= 0).all() and (want_act == 0).any()  # relu, squared: the zeros stay zeros
+    _, loss = m(idx, idx)
+    loss.backward()
+    assert m.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("arch", ARCHS + [{"use_sdpa": False}])
 @pytest.mark.parametrize("prompt_len", [1, 5, 16, 20])
 def test_kv_cache_greedy_equals_uncached_past_block_size(prompt_len, arch):
