@@ -76,6 +76,7 @@ serve_url = "http://127.0.0.1:8000"
 serve_model = "out-instr"
 clients = 16
 requests = 4
+choices = 1  # "n" of each request: its choices are decoded together as one batch (serve.py's max_n: 8)
 api_key = ""
 serve_prompt = "¿Cuál es la capital de Costa Rica?"
 device = "cpu"
@@ -601,7 +602,7 @@ def bench_serve():
     """clients threads, each sending `requests` streaming requests one after the other."""
     from concurrent.futures import ThreadPoolExecutor
     body = {"model": serve_model, "messages": [{"role": "user", "content": serve_prompt}], "stream": True,
-            "max_tokens": max_new_tokens, "temperature": 0, "stream_options": {"include_usage": True}}
+            "max_tokens": max_new_tokens, "temperature": 0, "stream_options": {"include_usage": True}, "n": choices}
 
     errors = []
 
@@ -626,7 +627,7 @@ def bench_serve():
         return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
     n_tok = sum(r[2] for r in results)
     print(f"{serve_url} model {serve_model}: {clients} clients x {requests} = {len(results)} requests, "
-          f"streaming, greedy, max_tokens {max_new_tokens}")
+          f"streaming, greedy, max_tokens {max_new_tokens}, {choices} choice{'s' if choices > 1 else ''} each")
     print(f"time to first token  p50 {pct(ttft, 50) * 1000:7.0f} ms   p95 {pct(ttft, 95) * 1000:7.0f} ms")
     print(f"total per request    p50 {pct(total, 50) * 1000:7.0f} ms   p95 {pct(total, 95) * 1000:7.0f} ms")
     print(f"aggregate {n_tok / wall:,.0f} tokens/s ({n_tok:,} tokens in {wall:.1f} s); "

@@ -17,6 +17,10 @@ they do not fit), the last user message the question. Extra fields: "top_k", and
 answer the three known facts from the app's FAQ table (app.match_faq, imported; only for a
 question that is unambiguous alone).
 
+"n": 1..max_n choices of one prompt, generated together as one batch (rows of the same prompt, each
+sampled on its own: GPT.generate_stream decodes a batch at the cost of ~2 single ones at this size);
+usage counts the prompt once and the completion tokens of every choice.
+
 Concurrency: generation runs on `workers` threads, off the event loop. Requests beyond
 workers + queue_size in flight are refused at once with 429 and Retry-After. A streaming client that
 disconnects stops its generation at the next token.
@@ -43,6 +47,7 @@ workers = 2  # generations at once (threads); each gets cores / workers torch th
 queue_size = 8  # requests that may wait for a worker; beyond that: 429
 max_tokens_limit = 1024  # the most tokens one request may ask for
 max_prompt_chars = 4000
+max_n = 8  # the most choices ("n") one request may ask for: they are decoded together as one batch
 # -----------------------------------------------------------------------------
 ROLES = ("system", "user", "assistant")
 
@@ -66,14 +71,18 @@ class Server:
 
         from checkpoint import load_checkpoint, model_from_checkpoint, pick_device
         self.device = pick_device(device)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))  # workers x threads = cores
+        # Only the worker threads compute with several cores (workers x threads = cores). The models load here
+        # on one core: once a thread has run a parallel operation it keeps a team of OpenMP threads, and an
+        # idle team beside the workers' slowed generation down 2x on 2 cores (README, "Serving")
+        torch.set_num_threads(1)
         self.models = {}
         for d in out_dirs:
             ckpt = load_checkpoint(d, kinds=("pretrain", "instr"))
             model, tok = model_from_checkpoint(ckpt, self.device)
             self.models[d] = {"model": model, "tok": tok, "kind": ckpt["kind"], "created": int(os.path.getmtime(
                 os.path.join(d, "ckpt.pt"))), "params": model.num_params(), "quant": ckpt.get("quant")}
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="generate", initializer=torch.set_num_threads,
+                                       initargs=(max(1, (os.cpu_count() or 1) // workers),))  # set in each worker
         self.capacity = workers + queue_size
         self.lock = threading.Lock()
         self.in_flight = self.served = self.cancelled = 0
@@ -113,9 +122,8 @@ def sampling(body):
                        code="max_tokens_over_limit", param="max_tokens")
     stop = field(body, "stop", (str, list), [], lambda v: isinstance(v, str) or (
         len(v) <= 4 and all(isinstance(s, str) and s for s in v)), "a string or a list of at most 4 strings")
-    if field(body, "n", int, 1) != 1:
-        raise APIError(400, "only n=1 is supported", code="invalid_value", param="n")
     return {
+        "n": field(body, "n", int, 1, lambda v: 1 <= v <= max_n, f"an integer from 1 to {max_n}"),
         "max_tokens": max_tokens,
         "temperature": float(field(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "between 0 and 2")),
         "top_p": float(field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "in (0, 1]")),
@@ -191,40 +199,68 @@ def chat_prompt(body):
 
 
 # --------------------------------------------------------------------------- generation (worker threads)
-def generate(entry, ids, s, instr, cancel, emit):
-    """Generate on a worker thread. emit(text) gets each piece of new text (never half a character, and
-    never part of a stop sequence); returns (finish_reason, completion tokens)."""
-    import torch
+class Choice:
+    """One row of a generation: its text so far, what of it was sent, its token count and how it ended."""
 
-    from tokenizer import StreamDecoder
+    def __init__(self, i, tok, instr, stops, emit):
+        self.i, self.tok, self.instr, self.stops, self.emit = i, tok, instr, stops, emit
+        from tokenizer import StreamDecoder
+        self.dec, self.text, self.sent, self.n, self.finish = StreamDecoder(tok), "", 0, 0, None
+
+    def add(self, t):
+        """Take the row's next token id; emit the text that is now safe to send."""
+        self.n += 1
+        if self.instr and t == self.tok.eos_id:  # the answer is complete: send what was held back
+            self.end("stop")
+            return
+        self.text += self.dec.add(t)
+        hits = [i for i in (self.text.find(x) for x in self.stops) if i >= 0]
+        if hits:  # a stop sequence: the text ends before it
+            self.emit(self.i, self.text[self.sent:min(hits)])
+            self.finish = "stop"
+            return
+        # hold back an ending that may be the start of a stop sequence
+        held = max([k for x in self.stops for k in range(1, len(x)) if self.text.endswith(x[:k])], default=0)
+        if len(self.text) - held > self.sent:
+            self.emit(self.i, self.text[self.sent:len(self.text) - held])
+            self.sent = len(self.text) - held
+
+    def end(self, finish):
+        self.text += self.dec.flush()
+        self.emit(self.i, self.text[self.sent:])
+        self.finish = finish
+
+
+def generate(entry, ids, s, instr, cancel, emit):
+    """Generate on a worker thread: the request's n choices as one batch of n rows of the same prompt.
+    emit(pieces) gets, once per step, the new text of the choices that wrote some, as (choice index, text)
+    pairs (never half a character, never part of a stop sequence): one wake-up of the event loop per step,
+    not per choice. Returns [(finish_reason, completion tokens)], one per choice."""
+    import torch
     model, tok = entry["model"], entry["tok"]
     gen = torch.Generator(device=model.wte.weight.device)
     gen.manual_seed(s["seed"] if s["seed"] is not None else int.from_bytes(os.urandom(4), "little"))
-    idx = torch.tensor([ids], dtype=torch.long, device=gen.device)  # (1, T)
-    dec, text, sent, n, stops = StreamDecoder(tok), "", 0, 0, s["stop"]
+    idx = torch.tensor([ids] * s["n"], dtype=torch.long, device=gen.device)  # (n, T)
+    pieces = []  # this step's (index, text) pairs
+    rows = [Choice(i, tok, instr, s["stop"], lambda i, text: text and pieces.append((i, text))) for i in range(s["n"])]
     for t in model.generate_stream(idx, s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"] or None,
                                    top_p=s["top_p"], stop_token=tok.eos_id if instr else None, generator=gen):
         if cancel.is_set():  # the client went away
-            return "cancelled", n
-        n += 1
-        if instr and t.item() == tok.eos_id:
+            return [("cancelled", r.n) for r in rows]
+        for r, t_row in zip(rows, t.tolist()):  # t: (n,) the next token of every row
+            if r.finish is None:
+                r.add(t_row)
+        if pieces:
+            emit(pieces[:])
+            pieces.clear()
+        if all(r.finish for r in rows):  # every choice has ended (a finished row's later tokens are dropped)
             break
-        text += dec.add(t.item())
-        hits = [i for i in (text.find(x) for x in stops) if i >= 0]
-        if hits:  # a stop sequence: the text ends before it
-            emit(text[sent:min(hits)])
-            return "stop", n
-        # hold back an ending that may be the start of a stop sequence
-        held = max([k for x in stops for k in range(1, len(x)) if text.endswith(x[:k])], default=0)
-        if len(text) - held > sent:
-            emit(text[sent:len(text) - held])
-            sent = len(text) - held
-    else:
-        text += dec.flush()
-        emit(text[sent:])
-        return "length", n
-    emit(text[sent:] + dec.flush())
-    return "stop", n
+    for r in rows:
+        if r.finish is None:  # max_tokens reached
+            r.end("length")
+    if pieces:
+        emit(pieces)
+    return [(r.finish, r.n) for r in rows]
 
 
 # --------------------------------------------------------------------------- the HTTP app
@@ -279,17 +315,19 @@ def create_app(server, key=""):
         return body, name, server.models[name]
 
     async def respond(body, name, entry, ids, s, instr, faq_text=None):
-        """Run one generation (or the FAQ answer) and answer in the chat or completions format."""
+        """Run one generation of s["n"] choices (or the FAQ answer, n times) and answer in the chat or
+        completions format."""
         obj = "chat.completion" if instr else "text_completion"
         rid, created = f"{'chatcmpl' if instr else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
 
-        def choice(text=None, finish=None, first=False):
+        def choice(i, text=None, finish=None, first=False):
             if not instr:
-                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+                return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
             delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-        def usage(n):
+        def usage(ends):  # the prompt once, the completion tokens of every choice
+            n = sum(k for _, k in ends)
             return {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
 
         loop, cancel, queue = asyncio.get_running_loop(), threading.Event(), asyncio.Queue()
@@ -298,31 +336,31 @@ def create_app(server, key=""):
         def work():
             try:
                 if faq_text is not None:
-                    queue_put(faq_text)
-                    return "stop", len(entry["tok"].encode(faq_text)) + 1
+                    queue_put([(i, faq_text) for i in range(s["n"])])
+                    return [("stop", len(entry["tok"].encode(faq_text)) + 1)] * s["n"]
                 return generate(entry, ids, s, instr, cancel, queue_put)
             finally:  # runs once per admitted request, whatever happened
                 server.release(cancel.is_set())
 
-        def queue_put(text):
-            if text:
-                loop.call_soon_threadsafe(queue.put_nowait, text)
+        def queue_put(pieces):  # a step's [(choice index, text)] from the worker thread to the response
+            loop.call_soon_threadsafe(queue.put_nowait, pieces)
 
         future = loop.run_in_executor(server.pool, work)
         if not s["stream"]:
             try:
-                finish, n = await future
+                ends = await future
             except BaseException:
                 cancel.set()
                 raise
-            parts = []
+            texts = [""] * len(ends)
             while not queue.empty():
-                parts.append(queue.get_nowait())
-            text = "".join(parts)
-            c = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                  "finish_reason": finish} if instr else choice(text, finish))
-            return JSONResponse({"id": rid, "object": obj, "created": created, "model": name, "choices": [c],
-                                 "usage": usage(n)})
+                for i, text in queue.get_nowait():
+                    texts[i] += text
+            cs = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                   "finish_reason": finish} if instr else choice(i, text, finish)
+                  for i, (text, (finish, _)) in enumerate(zip(texts, ends))]
+            return JSONResponse({"id": rid, "object": obj, "created": created, "model": name, "choices": cs,
+                                 "usage": usage(ends)})
 
         def chunk(c, extra=None):
             payload = {"id": rid, "object": obj + ("" if not instr else ".chunk"), "created": created,
@@ -332,26 +370,28 @@ def create_app(server, key=""):
         async def events():
             try:
                 if instr:
-                    yield chunk(choice(first=True))
+                    for i in range(s["n"]):
+                        yield chunk(choice(i, first=True))
                 getter = None
                 while True:
                     getter = asyncio.ensure_future(queue.get())
                     finished, _ = await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in finished:
-                        yield chunk(choice(getter.result()))
+                    if getter in finished:  # a step's pieces: one chunk per choice, written together
+                        yield "".join(chunk(choice(i, text)) for i, text in getter.result())
                         continue
                     getter.cancel()
                     while not queue.empty():
-                        yield chunk(choice(queue.get_nowait()))
+                        yield "".join(chunk(choice(i, text)) for i, text in queue.get_nowait())
                     break
                 try:
-                    finish, n = future.result()
+                    ends = future.result()
                 except Exception as e:  # the stream has begun: the error goes in an event of its own
                     yield f"data: {json.dumps(APIError(500, f'generation failed: {type(e).__name__}', type='server_error').body())}\n\n"
                     return
-                yield chunk(choice(None, finish))
+                for i, (finish, _) in enumerate(ends):
+                    yield chunk(choice(i, None, finish))
                 if s["include_usage"]:
-                    yield chunk(None, {"usage": usage(n)})
+                    yield chunk(None, {"usage": usage(ends)})
                 yield "data: [DONE]\n\n"
             finally:  # normal end, or the client disconnected (the response task is cancelled)
                 if not future.done():
@@ -396,8 +436,8 @@ if __name__ == "__main__":
     configure(globals())
     key = api_key or os.environ.get("LLMFS_API_KEY", "")
     dirs = [d.strip() for d in out_dir.split(",") if d.strip()]
-    if not dirs or workers < 1 or queue_size < 0 or max_tokens_limit < 1:
-        fail("need --out_dir, --workers >= 1, --queue_size >= 0 and --max_tokens_limit >= 1")
+    if not dirs or workers < 1 or queue_size < 0 or max_tokens_limit < 1 or max_n < 1:
+        fail("need --out_dir, --workers >= 1, --queue_size >= 0, --max_tokens_limit >= 1 and --max_n >= 1")
     try:
         import uvicorn
 

@@ -5,6 +5,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,77 @@ def test_stop_sequences_max_tokens_seed_and_faq(server):
     assert r.choices[0].message.content == FAQ["fact:perro"]
 
 
+def test_n_choices_are_one_batch_each_row_its_own(server):
+    c = client(server)
+    q = "¿Cuál es la capital de Costa Rica?"
+    r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}], temperature=0, n=3)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    assert all(ch.message.content == PRESETS[q] and ch.finish_reason == "stop" for ch in r.choices)
+    assert r.usage.prompt_tokens == len(q) + 2 and r.usage.completion_tokens == 3 * (len(PRESETS[q]) + 1)
+    # sampled: the rows draw their own tokens; the same seed gives the same choices again
+    a, b = (c.completions.create(model="out-pre", prompt="El perro", max_tokens=30, temperature=1.0, seed=7, n=4)
+            for _ in range(2))
+    texts = [ch.text for ch in a.choices]
+    assert texts == [ch.text for ch in b.choices] and len(set(texts)) > 1
+    assert all(ch.finish_reason == "length" for ch in a.choices) and a.usage.completion_tokens == 4 * 30
+    # streamed: every chunk names its choice; each choice gets its role, its text up to the stop, its end
+    chunks = list(c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": q}],
+                                            temperature=0, n=2, stop="Costa", stream=True,
+                                            stream_options={"include_usage": True}))
+    for i in (0, 1):
+        mine = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].index == i]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "stop"
+        assert "".join(x.delta.content or "" for x in mine) == "La capital de "
+    # each row ends on the token that completes "Costa" (one token per character here)
+    assert chunks[-1].usage.completion_tokens == 2 * len("La capital de Costa")
+    r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": "¿Los perros son caninos?"}],
+                                  n=2, extra_body={"faq": True})
+    from app import FAQ
+    assert [ch.message.content for ch in r.choices] == [FAQ["fact:perro"]] * 2
+
+
+def test_generate_decodes_the_n_rows_in_one_batch(trained_root):
+    """serve.generate in-process: one generate_stream call with n rows; greedy rows equal the n=1 answer;
+    rows that end early (a stop sequence) stop sending while the others go on."""
+    import serve
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    model, tok = model_from_checkpoint(load_checkpoint(str(trained_root / "out-pre")))
+    entry, calls = {"model": model, "tok": tok}, []
+    plain = model.generate_stream
+    model.generate_stream = lambda idx, *a, **kw: calls.append(tuple(idx.shape)) or plain(idx, *a, **kw)
+    ids = tok.encode("El perro")
+    s = {"n": 1, "max_tokens": 25, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 1, "stop": []}
+
+    emits = []
+
+    def run_n(**kw):
+        out, emits[:] = {}, []
+
+        def emit(pieces):  # once per step: the (choice, text) pairs of the choices that wrote something
+            emits.append([i for i, _ in pieces])
+            for i, text in pieces:
+                out[i] = out.get(i, "") + text
+        ends = serve.generate(entry, ids, {**s, **kw}, False, threading.Event(), emit)
+        return [out.get(i, "") for i in range(len(ends))], ends
+    one, _ = run_n()
+    four, ends = run_n(n=4)
+    assert calls == [(1, len(ids)), (4, len(ids))]
+    assert four == one * 4 and ends == [("length", 25)] * 4
+    assert len(emits) <= 26 and all(len(set(e)) == len(e) for e in emits) and [0, 1, 2, 3] in emits
+    # sampled rows with a stop sequence that some of them write and others not: those end there, the
+    # others run to max_tokens with exactly the text they write without it (same seed, same draws)
+    free, _ = run_n(n=6, temperature=1.0)
+    stop = next(x for t in free for x in (t[i:i + 2] for i in range(len(t) - 1)) if not all(x in u for u in free))
+    texts, ends = run_n(n=6, temperature=1.0, stop=[stop])
+    for f, text, (finish, k) in zip(free, texts, ends):
+        if stop in f:
+            # counted up to the token that completes the stop (one token per character here), no further
+            assert finish == "stop" and text == f[:f.index(stop)] and k == f.index(stop) + len(stop), (f, text, stop)
+        else:
+            assert finish == "length" and text == f and k == 25, (f, text, stop)
+    assert {finish for finish, _ in ends} == {"stop", "length"}
+
+
 def test_models_auth_and_errors_in_the_openai_shape(server):
     models = {m.id: m for m in client(server).models.list()}
     assert set(models) == {"out-instr", "out-pre"} and models["out-pre"].kind == "pretrain"
@@ -130,7 +202,8 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
         (openai.BadRequestError, dict(model="out-instr", messages=[{"role": "user", "content": "x" * 200}]), "prompt_too_long"),
         (openai.BadRequestError, dict(model="out-instr", messages=user, max_tokens=10 ** 6), "max_tokens_over_limit"),
         (openai.BadRequestError, dict(model="out-pre", messages=user), "model_not_chat"),
-        (openai.BadRequestError, dict(model="out-instr", messages=user, n=2), "invalid_value"),
+        (openai.BadRequestError, dict(model="out-instr", messages=user, n=9), "invalid_value"),  # max_n = 8
+        (openai.BadRequestError, dict(model="out-instr", messages=user, n=0), "invalid_value"),
         (openai.BadRequestError, dict(model="out-instr", messages=user, temperature=5), "invalid_value"),
     ]
     for error, kw, code in cases:
@@ -184,6 +257,13 @@ def test_bench_serve_reports_latency_and_throughput(server):
     assert p.returncode == 0, p.stderr
     assert "time to first token" in p.stdout and "aggregate" in p.stdout and "4 requests" in p.stdout
     assert "errors 0" in p.stdout
+    # --choices: each request asks for n greedy choices, decoded as one batch; every choice's tokens count
+    one, three = (run("bench.py", "--mode=serve", f"--serve_url=http://127.0.0.1:{server}", "--serve_model=out-instr",
+                      "--clients=1", "--requests=1", f"--api_key={KEY}", "--max_new_tokens=20", f"--choices={k}")
+                  for k in (1, 3))
+    assert one.returncode == 0 and three.returncode == 0, three.stderr
+    tokens = [int(re.search(r"\(([\d,]+) tokens in", p.stdout).group(1).replace(",", "")) for p in (one, three)]
+    assert "3 choices each" in three.stdout and tokens[1] == 3 * tokens[0] > 0
     # the Dockerfile's HEALTHCHECK also passes for a container that runs serve.py (port 8000 there)
     import json as _json
     from test_docker import one
@@ -199,7 +279,10 @@ def test_serve_bad_start_is_one_line(trained_root):
     with socket.socket() as s:
         s.bind(("127.0.0.1", busy))
         s.listen()
-        taken, missing = run_many([("serve.py", "--out_dir=out-instr", f"--port={busy}"),
-                                   ("serve.py", "--out_dir=nothing-here", f"--port={free_port()}")], cwd=trained_root)
+        taken, missing, no_n = run_many([("serve.py", "--out_dir=out-instr", f"--port={busy}"),
+                                         ("serve.py", "--out_dir=nothing-here", f"--port={free_port()}"),
+                                         ("serve.py", "--out_dir=out-instr", "--max_n=0", f"--port={free_port()}")],
+                                        cwd=trained_root)
     assert "cannot serve on 127.0.0.1" in assert_one_line_error(taken)
     assert "no checkpoint" in assert_one_line_error(missing)
+    assert "--max_n >= 1" in assert_one_line_error(no_n)
