@@ -187,6 +187,26 @@ def test_generate_decodes_the_n_rows_in_one_batch(trained_root):
     assert {finish for finish, _ in ends} == {"stop", "length"}
 
 
+def test_models_load_on_one_core_and_each_worker_sets_its_threads(trained_root):
+    """Server: the loading thread runs on one core (its idle OpenMP team would slow the workers' down) and
+    every worker thread computes with cores / workers threads of its own."""
+    import torch
+
+    import serve
+    before = torch.get_num_threads()
+    try:
+        cores = os.cpu_count() or 1
+        for workers in (1, 2):
+            srv = serve.Server([str(trained_root / "out-instr")], "cpu", workers, 0)
+            assert torch.get_num_threads() == 1
+            seen = {srv.pool.submit(lambda: (threading.get_ident(), torch.get_num_threads())).result()
+                    for _ in range(8)}
+            assert {n for _, n in seen} == {max(1, cores // workers)}
+            srv.pool.shutdown()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_models_auth_and_errors_in_the_openai_shape(server):
     models = {m.id: m for m in client(server).models.list()}
     assert set(models) == {"out-instr", "out-pre"} and models["out-pre"].kind == "pretrain"
