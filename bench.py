@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device
+from checkpoint import CheckpointError, adamw, autocast, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail, read_config_file
 from model import GPT, GPTConfig
 
@@ -123,7 +123,7 @@ def bench_train():
     B, T = cfg.get("batch_size", 12), args["block_size"]
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**args)).to(device).train()
-    opt = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), device.split(":")[0])
+    opt = adamw(model.parameters(), 0.1, 1e-3, (0.9, 0.99), device.split(":")[0])
     ctx = autocast(device, dtype)
     x = torch.randint(0, 128, (B, T), device=device)
     times = []

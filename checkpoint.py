@@ -1,6 +1,7 @@
 """
-Devices, precision and checkpoints: the helpers every script shares (the durable-file helpers of
-fileio.py are re-exported here, so a training script imports all of them from one place).
+Devices, precision, optimizer, schedule, batches and checkpoints: the helpers every script shares (the
+durable-file helpers of fileio.py are re-exported here, so a training script imports all of them from
+one place).
 
 A checkpoint is a dict saved with torch.save and loaded with weights_only=True (tensors and plain
 types only, never code): kind ('pretrain' | 'instr' | 'cls'), model_args, model (state dict),
@@ -8,6 +9,7 @@ the tokenizer (tok.state(): a character vocabulary or BPE merges, as plain lists
 history the script adds.
 """
 import io
+import math
 import os
 import re
 import warnings
@@ -90,6 +92,45 @@ def update_average(avg_model, model, decay):
     training scripts evaluate and save the average (their --ema) instead of the last step's weights."""
     for pa, pm in zip(avg_model.parameters(), model.parameters()):
         pa.lerp_(pm, 1 - decay)
+
+
+def adamw(params, weight_decay, learning_rate, betas, device_type):
+    """AdamW over the trainable params, with the kit's weight-decay rule (param_groups); the fused kernel
+    on CUDA (one launch for all tensors)."""
+    extra = {"fused": True} if device_type == "cuda" else {}
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(param_groups(params, weight_decay), lr=learning_rate, betas=betas, **extra)
+
+
+def param_groups(params, weight_decay, lr=None):
+    """The one weight-decay rule of the kit: decay the matrices (matmuls, embeddings), never biases or
+    norm gains (decaying a gain towards 0 only fights the normalization). lr, if given, is set per group."""
+    params = list(params)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    if lr is not None:
+        for g in groups:
+            g["lr"] = lr
+    return [g for g in groups if g["params"]]
+
+
+def lr_schedule(it, learning_rate, min_lr, warmup_iters, decay_iters):
+    """The one learning-rate schedule of the kit: linear warmup over warmup_iters, then a cosine from
+    learning_rate down to min_lr at decay_iters, then min_lr. `it` may be fractional (time budgets)."""
+    if it < warmup_iters:  # the ramp starts above 0, so that the very first step already learns
+        return (it + 1) * learning_rate / (warmup_iters + 1)
+    # how much of the cosine is behind us: 0 at the end of the warmup, 1 from decay_iters on
+    done = 1.0 if it > decay_iters else (it - warmup_iters) / max(1, decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (learning_rate - min_lr)  # done = 1: exactly min_lr
+
+
+def pad_batch(seqs, value):
+    """Right-pad lists of ids to the longest of them: a (B, T) LongTensor. Causal attention means
+    padding after a sequence never changes what its real tokens see."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)  # (B, T)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
 
 
 def save_checkpoint(ckpt, path):

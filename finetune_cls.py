@@ -38,10 +38,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, resolve_dtype, save_checkpoint,
-                        scaled_step)
+                        model_from_checkpoint, pad_batch, param_groups, pick_device, prepare_out_dir, resolve_dtype,
+                        save_checkpoint, scaled_step)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
-from model import GPT, GPTConfig, pad_batch, param_groups
+from model import GPT, GPTConfig
 from tfidf import tfidf_baseline
 from tokenizer import clean_text, load_tokenizer
 

@@ -23,12 +23,12 @@ import time
 
 import torch
 
-from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, save_checkpoint, scaled_step,
-                        update_average)
+from checkpoint import (CheckpointError, adamw, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+                        lr_schedule, model_from_checkpoint, pad_batch, pick_device, prepare_out_dir, save_checkpoint,
+                        scaled_step, update_average)
 from configurator import configure, fail
 from evaluate import ExamplesError, answer_all, load_examples, print_table
-from model import GPT, GPTConfig, lr_schedule, pad_batch
+from model import GPT, GPTConfig
 from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, noisy_prompt
 
 # -----------------------------------------------------------------------------
@@ -205,7 +205,7 @@ def save():
         fail(e)
 
 
-optimizer = model.configure_optimizer(weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
+optimizer = adamw(model.parameters(), weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
 gen = torch.Generator().manual_seed(seed)
 def shuffled_pass():
     """The training set in a random order. With bucket=True the order is made of batches of similar

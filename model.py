@@ -4,8 +4,8 @@ A GPT written from first principles, small enough to read in one sitting.
     token ids (B, T) -> token + position embeddings -> n_layer x Block -> LayerNorm -> logits (B, T, V)
     Block = x + attn(ln(x)), then x + mlp(ln(x))      (pre-LN, like GPT-2)
 
-Also here: generate() with a KV cache. Devices and checkpoints live in checkpoint.py; answering
-with an instruction model (the chat template around generate) in chat.py.
+Also here: generate() with a KV cache. Devices, checkpoints and the training rules (optimizer, schedule)
+live in checkpoint.py; answering with an instruction model (the chat template around generate) in chat.py.
 """
 import math
 import os
@@ -166,16 +166,14 @@ class GPT(nn.Module):
             self.register_buffer("sin", torch.cat([-ang.sin(), ang.sin()], dim=1), persistent=False)
         # GPT-2 init: N(0, 0.02) everywhere, then the two layers of each block that write into the residual
         # stream drawn again 1/sqrt(2 n_layer) smaller, so that the stream's sum of 2 n_layer writes stays small
-        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
         for block in self.h:
             for writer in (block.attn.c_proj, block.mlp.c_proj):
                 nn.init.normal_(writer.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    def _init_weights(self, m):
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     def num_params(self):  # position embeddings count; a tied lm_head is the same tensor as wte
         n = sum(p.numel() for p in self.parameters())
@@ -214,11 +212,6 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
-
-    def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
-        params = [p for p in self.parameters() if p.requires_grad]
-        extra = {"fused": True} if device_type == "cuda" else {}
-        return torch.optim.AdamW(param_groups(params, weight_decay), lr=learning_rate, betas=betas, **extra)
 
     def next_logits(self, idx, caches=None, pos=None):
         """(B, T) ids -> (B, V) float logits for the token after the last one (a step of generation)."""
@@ -300,34 +293,3 @@ def missing_cpp_compiler():
     else g++ (clang++ on macOS)."""
     cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
     return None if shutil.which(cxx) else f"torch.compile needs a C++ compiler on CPU, and '{cxx}' was not found"
-
-
-def param_groups(params, weight_decay, lr=None):
-    """The one weight-decay rule of the kit: decay the matrices (matmuls, embeddings), never biases or
-    norm gains (decaying a gain towards 0 only fights the normalization). lr, if given, is set per group."""
-    params = list(params)
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    if lr is not None:
-        for g in groups:
-            g["lr"] = lr
-    return [g for g in groups if g["params"]]
-
-
-def lr_schedule(it, learning_rate, min_lr, warmup_iters, decay_iters):
-    """The one learning-rate schedule of the kit: linear warmup over warmup_iters, then a cosine from
-    learning_rate down to min_lr at decay_iters, then min_lr. `it` may be fractional (time budgets)."""
-    if it < warmup_iters:  # the ramp starts above 0, so that the very first step already learns
-        return (it + 1) * learning_rate / (warmup_iters + 1)
-    # how much of the cosine is behind us: 0 at the end of the warmup, 1 from decay_iters on
-    done = 1.0 if it > decay_iters else (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (learning_rate - min_lr)  # done = 1: exactly min_lr
-
-
-def pad_batch(seqs, value):
-    """Right-pad lists of ids to the longest of them: a (B, T) LongTensor. Causal attention means
-    padding after a sequence never changes what its real tokens see."""
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)  # (B, T)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return out

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 import configurator
-from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
-                        model_from_checkpoint, pick_device, prepare_out_dir, reason_of, resolve_dtype, save_checkpoint,
-                        scaled_step, update_average)
+from checkpoint import (CheckpointError, adamw, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+                        lr_schedule, model_from_checkpoint, param_groups, pick_device, prepare_out_dir, reason_of,
+                        resolve_dtype, save_checkpoint, scaled_step, update_average)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
-from model import GPT, GPTConfig, lr_schedule, missing_cpp_compiler, param_groups
+from model import GPT, GPTConfig, missing_cpp_compiler
 from tokenizer import load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -270,7 +270,7 @@ if muon_lr > 0:
     optimizers = [Muon(matrices, lr=muon_lr),
                   torch.optim.AdamW(param_groups(rest, weight_decay), lr=learning_rate, betas=(beta1, beta2))]
 else:
-    optimizers = [model.configure_optimizer(weight_decay, learning_rate, (beta1, beta2), device_type)]
+    optimizers = [adamw(model.parameters(), weight_decay, learning_rate, (beta1, beta2), device_type)]
 if resumed:
     try:
         for opt, state in zip(optimizers, resumed["optimizer"], strict=True):

@@ -36,7 +36,7 @@ compile = sys.platform == "linux" and missing_cpp_compiler() is None
 # Best val 1.4650, 1.4726, 1.4627, 1.4686, 1.4782 and 1.4752 in six runs (mean 1.470), against 1.4843 and
 # 1.4914 without it in the same hour (README "Loss within 300 s")
 ema = 0.995
-# weight decay 10x the kit's default 0.1 (AdamW's decoupled decay on the matrices, model.param_groups): on a
+# weight decay 10x the kit's default 0.1 (AdamW's decoupled decay on the matrices, checkpoint.param_groups): on a
 # fast machine the 3-layer model overfits the 1M characters before the 300 s are up (its val loss rose over
 # the last 2,700 steps of a 9,700-step run), and a stronger pull towards small weights lets it keep learning.
 # Best val, one after the other on 2026-11-30: 0.1 1.4639 / 1.4580, 0.3 1.4349 / 1.4351, 0.5 1.4286 /

@@ -309,8 +309,8 @@ PRESETS = {"¿A qué familia pertenece el perro?": "Los perros son caninos.",
 def fit_instr(path, examples, block_size, steps):
     """path/ckpt.pt: a 2x64 instruction model trained full-batch on examples (prompt, response, history,
     system) until it knows them. Returns (model, tokenizer, its config)."""
-    from checkpoint import save_checkpoint
-    from model import GPT, GPTConfig, pad_batch
+    from checkpoint import pad_batch, save_checkpoint
+    from model import GPT, GPTConfig
     from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
     tok = CharTokenizer.from_texts([BASE_CHARS])
     cfg = GPTConfig(vocab_size=len(tok), block_size=block_size, n_layer=2, n_head=2, n_embd=64)

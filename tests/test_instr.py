@@ -5,8 +5,8 @@ import torch
 
 from conftest import assert_one_line_error, run, run_many
 from chat import answer_stream
-from checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from model import GPT, GPTConfig, pad_batch
+from checkpoint import load_checkpoint, model_from_checkpoint, pad_batch, save_checkpoint
+from model import GPT, GPTConfig
 from tokenizer import BASE_CHARS, CharTokenizer, instruction_example
 
 PAIRS = [("¿Los perros son caninos?", "Sí, los perros son caninos."),

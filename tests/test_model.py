@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from checkpoint import (CheckpointError, atomic_write, grad_scaler, load_checkpoint, model_from_checkpoint,
-                        prepare_out_dir, save_checkpoint)
-from model import GPT, GPTConfig, lr_schedule, pad_batch, param_groups, rope
+from checkpoint import (CheckpointError, adamw, atomic_write, grad_scaler, load_checkpoint, lr_schedule,
+                        model_from_checkpoint, pad_batch, param_groups, prepare_out_dir, save_checkpoint)
+from model import GPT, GPTConfig, rope
 from tokenizer import CharTokenizer
 
 
@@ -154,7 +154,7 @@ def test_tiny_model_learns_a_small_text():
     data = torch.tensor(tok.encode(text))
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=len(tok), block_size=32, n_layer=2, n_head=2, n_embd=48)).train()
-    opt = m.configure_optimizer(0.0, 3e-3, (0.9, 0.99), "cpu")
+    opt = adamw(m.parameters(), 0.0, 3e-3, (0.9, 0.99), "cpu")
     for step in range(150):
         ix = torch.randint(0, len(data) - 33, (16,))
         x = torch.stack([data[i:i + 32] for i in ix])
