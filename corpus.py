@@ -40,13 +40,16 @@ class CorpusError(Exception):
 
 
 def list_files(path):
-    """The readable files of a file or folder, sorted; other files in a folder are skipped."""
+    """The readable files of a file or folder, sorted; other files in a folder are skipped, and so are
+    hidden ones (.name: editor backups, macOS's ._name resource files, .ipynb_checkpoints/ copies) and
+    links that lead nowhere."""
     if os.path.isdir(path):
         found = []
         for root, dirs, names in os.walk(path):
-            dirs.sort()
-            found += [os.path.join(root, n) for n in sorted(names)
-                      if n.lower().removesuffix(".gz").endswith(TEXT_EXTENSIONS)]
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends only into these
+            found += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")
+                      and n.lower().removesuffix(".gz").endswith(TEXT_EXTENSIONS)
+                      and os.path.isfile(os.path.join(root, n))]
         if not found:
             raise CorpusError(f"folder {path} holds no .txt, .jsonl or .parquet files (or .gz of them)")
         return found
@@ -91,7 +94,7 @@ def decodes_as(path, codec):
         for block in blocks(path):
             decoder.decode(block)
         decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
+    except UnicodeError:  # also UTF-16/32 without a byte-order mark
         return False
     return True
 
@@ -103,13 +106,28 @@ def looks_binary(head):
     return b"\0" in head or controls > 0.1 * max(1, len(head))
 
 
+def text_codec(name):
+    """The codec's canonical name, or None when Python has no such text encoding (codecs such as
+    rot13, base64 or zlib exist but turn bytes into bytes, not into text)."""
+    try:
+        name = codecs.lookup(name).name
+        io.TextIOWrapper(io.BytesIO(), encoding=name)  # LookupError for a codec that is not a text encoding
+        return name
+    except LookupError:
+        return None
+
+
 def detect_encoding(path, encoding="auto"):
     """(codec name, why it was chosen) for a file. Raises CorpusError for binary files and unknown names."""
     if encoding != "auto":
-        try:
-            return codecs.lookup(encoding).name, "given"
-        except LookupError:
+        name = text_codec(encoding)
+        if name is None:
             raise CorpusError(f"unknown encoding '{encoding}' (examples: auto, utf-8, latin-1, cp1252, utf-16)")
+        # random bytes "decode" in any one-byte code page: refuse them here too (UTF-16/32 text is
+        # full of NUL bytes, so those are not checked)
+        if kind_of(path) != "parquet" and not name.startswith(("utf-16", "utf-32")) and looks_binary(read_head(path)):
+            raise CorpusError(f"{path} looks like a binary file, not text")
+        return name, "given"
     if kind_of(path) == "parquet":  # a binary format whose strings are UTF-8 by definition
         return "utf-8", "parquet strings are UTF-8"
     head = read_head(path)
@@ -121,15 +139,11 @@ def detect_encoding(path, encoding="auto"):
     if decodes_as(path, "utf-8"):
         return "utf-8", "valid UTF-8"
     m = DECLARED.search(head)
-    if m:
-        try:
-            name = codecs.lookup(m.group(1).decode("ascii")).name
-        except LookupError:
-            name = None
-        if name in ("latin-1", "iso8859-1"):
-            return "cp1252", "declared ISO-8859-1, read as its superset cp1252"
-        if name and name != "utf-8":
-            return name, "declared in the file"
+    name = text_codec(m.group(1).decode("ascii")) if m else None  # a declaration is believed only
+    if name in ("latin-1", "iso8859-1"):  # if the whole file decodes that way (mail often says us-ascii)
+        return "cp1252", "declared ISO-8859-1, read as its superset cp1252"
+    if name and name != "utf-8" and decodes_as(path, name):
+        return name, "declared in the file"
     if decodes_as(path, "cp1252"):
         return "cp1252", "not UTF-8; no declared charset"
     return "latin-1", "not UTF-8, not cp1252"
@@ -167,7 +181,8 @@ class Reader:
         for doc in Reader(paths).documents(): ...
     A .txt file is one document (cut into ~4M-character pieces if longer), a .jsonl line or a
     .parquet row is one. `files` records, per file, the encoding chosen and whether a Gutenberg
-    header was stripped. The text is returned as it is decoded: cleaning is the caller's."""
+    header was stripped. The text is returned as it is decoded (CRLF and CR line ends read as "\n"):
+    cleaning is the caller's."""
 
     def __init__(self, sources, encoding="auto", strip_gutenberg=True, progress=True, label="reading"):
         self.paths = [p for s in sources for p in list_files(s)]
@@ -192,16 +207,20 @@ class Reader:
                     if kind == "parquet":
                         yield from self._parquet(path, f, tick)
                     else:
-                        text = io.TextIOWrapper(f, encoding=info["encoding"], newline="")
+                        # newline=None: CRLF and old Mac CR line ends are read as "\n", so that line-based
+                        # markers and cuts work on every file
+                        text = io.TextIOWrapper(f, encoding=info["encoding"], newline=None)
                         if kind == "jsonl":
                             yield from self._jsonl(path, text, tick)
                         else:
                             for block in self._txt(path, text, info):
                                 tick()
                                 yield block
-                except UnicodeDecodeError as e:
-                    raise CorpusError(f"{path} cannot be decoded as {info['encoding']} ({e.reason}); "
-                                      f"try another --encoding")
+                except UnicodeError as e:  # UnicodeDecodeError, or UTF-16/32 without a byte-order mark
+                    why = e.reason if isinstance(e, UnicodeDecodeError) else str(e)
+                    hint = " (e.g. utf-16-le or utf-16-be)" if info["encoding"].startswith(("utf-16", "utf-32")) else ""
+                    raise CorpusError(f"{path} cannot be decoded as {info['encoding']} ({why}); "
+                                      f"try another --encoding{hint}")
                 except (OSError, EOFError, zlib.error) as e:
                     raise CorpusError(f"cannot read {path}: {e}")
             done += os.path.getsize(path)
@@ -226,7 +245,7 @@ class Reader:
                         pending = pending[nl + 1:] if nl >= 0 else ""
                         continue
                     if info["gutenberg"]:  # after an END: the licence footer, dropped (a partial line kept)
-                        pending = pending[pending.rfind("\n") + 1:]
+                        pending = pending[pending.rfind("\n") + 1:][-1000:]
                     elif seen >= HEAD_BYTES or not chunk:  # no marker near the start: an ordinary text
                         state = "body"
                 elif state == "book":
@@ -240,6 +259,8 @@ class Reader:
                 break
             if state != "head":  # emit up to the last line end (all of it at the end of the file)
                 cut = len(pending) if not chunk else pending.rfind("\n") + 1
+                if cut == 0 and len(pending) >= BLOCK_CHARS:  # no line end in a whole block (one long line):
+                    cut = pending.rfind(" ") + 1 or len(pending)  # cut at a space, else anywhere
                 out.append(pending[:cut])
                 pending = pending[cut:]
             if "".join(out):
@@ -257,7 +278,7 @@ class Reader:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # JSONDecodeError, a 5,000-digit number, [[[[...]]]]
                 raise CorpusError(f"{path} line {n}: not valid JSON")
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise CorpusError(f"{path} line {n}: expected an object with a string 'text' field")
@@ -276,7 +297,11 @@ class Reader:
                 raise CorpusError(f"{path} has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
             for batch in pf.iter_batches(batch_size=1024, columns=["text"]):
                 tick()
-                yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str))
+                for t in batch.column(0).to_pylist():
+                    if t is not None and not isinstance(t, str):  # as in .jsonl: not text is an error
+                        raise CorpusError(f"{path}: the 'text' column holds {type(t).__name__} values, not strings")
+                    if t is not None:  # a missing value (null) is skipped
+                        yield t
         except CorpusError:
             raise
         except Exception as e:  # pyarrow raises its own types for damaged files

@@ -20,7 +20,9 @@ Spanish letters), so that finetuning on the shipped data never meets <unk>. --to
 --vocab_size=N: byte-level BPE whose N - 262 merges are learned from the corpus in pass 1 (the task
 data is not used: its test splits must stay unseen; bytes cover any text anyway). Each document (a .txt file, or a piece of at most
 ~4M characters of a longer one; a .jsonl line; a .parquet row) is split contiguously: its first 90%
-goes to train, its last 10% to val (for a single small file this is the classic split).
+goes to train, its last 10% to val (for a single small file this is the classic split). Except in a
+corpus of many short documents (reviews, one-line records): a document under 2,000 characters is not
+cut, and whole ones go to val in turn, so that val holds real sentences rather than each one's last word.
 """
 import glob
 import hashlib
@@ -76,8 +78,10 @@ def download(name, out_dir):
         with urllib.request.urlopen(url, timeout=30) as r:
             raw = r.read()
     except Exception as e:
-        fail(f"could not download {name} ({type(e).__name__}: {e}). Offline? Place the file at "
-             f"{path} yourself, or run: python prepare.py --input=/path/to/input.txt --dataset={name}")
+        there = (f"{path} is there but is not the expected file (sha256 differs); replace it" if os.path.isfile(path)
+                 else f"Place the file at {path} yourself")
+        fail(f"could not download {name} ({type(e).__name__}: {e}). Offline? {there}, "
+             f"or run: python prepare.py --input=/path/to/input.txt --dataset={name}")
     if len(raw) != size or hashlib.sha256(raw).hexdigest() != sha:
         fail(f"downloaded {name} does not match the expected size/sha256 (got {len(raw)} bytes); not saved")
     try:
@@ -89,8 +93,12 @@ def download(name, out_dir):
 
 
 out_dir = os.path.join(data_root, dataset)
+if not dataset.strip() or os.path.basename(os.path.normpath(dataset)) in ("", ".", ".."):
+    fail(f"--dataset must name a folder under {data_root}/ (got '{dataset}')")
 if input:
-    sources = [s.strip() for s in input.split(",") if s.strip()]
+    sources = list(dict.fromkeys(s.strip() for s in input.split(",") if s.strip()))  # each once, in order
+    if not sources:
+        fail(f"--input names no file or folder (got '{input}')")
 elif dataset in DOWNLOADS:
     sources = [download(dataset, out_dir)]
 elif dataset == "es":
@@ -106,13 +114,25 @@ MAX_VOCAB = 1 << 20  # far beyond what a model of this kit can use: an embedding
 if tokenizer == "bpe" and not BYTE0 + 256 < vocab_size <= MAX_VOCAB:
     fail(f"--vocab_size={vocab_size} is out of range for bpe: at least {BYTE0 + 257} "
          f"({BYTE0} specials + 256 bytes + 1 merge), at most {MAX_VOCAB:,}")
+SHORT_DOC, MIN_SHORT_DOCS = 2000, 20  # see the docstring: whole short documents go to val, in turn
+
+
+def cut_at(n, whole, val_chars, seen):
+    """Where a document of n characters is split: train gets [:cut], val [cut:]. whole: a short document
+    is not cut; it goes to val while val holds less than val_fraction of the seen + n characters."""
+    if whole and n < SHORT_DOC:
+        return 0 if val_chars < val_fraction * (seen + n) else n
+    return int(n * (1 - val_fraction))
+
+
 t0 = time.time()
 try:
     reader = Reader(sources, encoding, strip_gutenberg, progress,
                     label="pass 1/2: characters" if tokenizer == "char" else "pass 1/2: counting chunks")
     # pass 1: the character set or the chunk counts BPE learns from (and every decoding or marker
     # error, before anything is written)
-    chars, chunks, n_chars, n_docs, n_val = set(), Counter(), 0, 0, 0
+    chars, chunks, n_chars, n_docs, n_short = set(), Counter(), 0, 0, 0
+    n_val = {False: 0, True: 0}  # val characters as pass 2 will cut them: every document cut, or short ones whole
     for doc in reader.documents():
         doc = clean_text(doc, lowercase)
         if doc.strip():
@@ -120,10 +140,14 @@ try:
                 chars.update(doc)
             else:
                 BPETokenizer.count_chunks(doc + "\n\n", chunks)
-            n_chars, n_docs = n_chars + len(doc), n_docs + 1
-            n_val += len(doc) + 2 - int((len(doc) + 2) * (1 - val_fraction))  # as pass 2 will cut it
+            n = len(doc) + 2  # with the blank line that pass 2 adds
+            for whole in n_val:
+                n_val[whole] += n - cut_at(n, whole, n_val[whole], n_chars + 2 * n_docs)
+            n_chars, n_docs, n_short = n_chars + len(doc), n_docs + 1, n_short + (n < SHORT_DOC)
 except CorpusError as e:
     fail(e)
+whole_docs = n_short >= MIN_SHORT_DOCS  # enough short documents for val to get whole ones
+n_val = n_val[whole_docs]
 print(f"{len(reader.paths)} file(s), {reader.total_bytes / 1e6:,.1f} MB; {reader.summary}")
 print(reader.describe())
 if not n_chars:
@@ -158,12 +182,14 @@ def encode_all(f_train, f_val):
     """Pass 2: encode every document and append its start to train, its end to val. Returns counts."""
     counts = {"train_tokens": 0, "val_tokens": 0, "train_bytes": 0, "val_bytes": 0}
     reader.label = "pass 2/2: encoding"
+    val_chars, seen = 0, 0
     for doc in reader.documents():
         doc = clean_text(doc, lowercase)
         if not doc.strip():
             continue
         doc += "\n\n"  # a blank line between documents
-        cut = int(len(doc) * (1 - val_fraction))
+        cut = cut_at(len(doc), whole_docs, val_chars, seen)
+        val_chars, seen = val_chars + len(doc) - cut, seen + len(doc)
         for split, part, f in (("train", doc[:cut], f_train), ("val", doc[cut:], f_val)):
             ids = tok.encode_array(part).astype(bin_dtype)  # (n,) one id per character or BPE token
             f.write(ids.tobytes())

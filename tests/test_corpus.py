@@ -78,8 +78,12 @@ def test_gutenberg_header_and_footer_are_stripped(tmp_path):
     assert "Gutenberg EBook" not in text and "LICENSE" not in text and "Character set" not in text
     info = reader.files[str(tmp_path / "pg.txt")]
     assert info["gutenberg"] and info["encoding"] == "cp1252" and "declared" in info["why"]
-    # off: the file as it is
-    assert read_text(str(tmp_path / "pg.txt"), strip_gutenberg=False)[0] == GUTENBERG.replace("\r\n", "\r\n")
+    # off: the file as it is (line ends read as "\n")
+    assert read_text(str(tmp_path / "pg.txt"), strip_gutenberg=False)[0] == GUTENBERG.replace("\r\n", "\n")
+    # old Mac line ends (CR alone): the markers are found all the same
+    (tmp_path / "cr.txt").write_bytes(GUTENBERG.replace("\r\n", "\r").encode("latin-1"))
+    text = read_text(str(tmp_path / "cr.txt"))[0]
+    assert "Había una vez un perro." in text and "LICENSE" not in text and "Gutenberg EBook" not in text
     # two books in one file: both bodies, neither licence
     (tmp_path / "two.txt").write_bytes((GUTENBERG + GUTENBERG.replace("perro", "gato")).encode("latin-1"))
     two = read_text(str(tmp_path / "two.txt"))[0]
@@ -97,8 +101,22 @@ def test_long_text_streams_in_blocks_that_end_at_line_ends(tmp_path, monkeypatch
     with gzip.open(path, "wb") as f:
         f.write("".join(lines).encode("utf-8"))
     blocks = list(Reader([str(path)], progress=False).documents())
-    assert len(blocks) > 50 and all(b.endswith("\r\n") for b in blocks)
-    assert "".join(blocks) == "".join(lines)
+    assert len(blocks) > 50 and all(b.endswith("\n") for b in blocks)
+    assert "".join(blocks) == "".join(lines).replace("\r\n", "\n")
+
+
+def test_a_text_without_line_ends_still_streams_in_bounded_blocks(tmp_path, monkeypatch):
+    """One long line (or CR-free minified text) must not be held whole: blocks are cut at a space,
+    else anywhere, once a block's worth has no line end."""
+    monkeypatch.setattr(corpus, "BLOCK_CHARS", 1000)
+    text = " ".join(f"palabra{i}" for i in range(3000))  # ~35,000 characters, no newline
+    (tmp_path / "line.txt").write_text(text)
+    (tmp_path / "run.txt").write_text("x" * 5500)
+    blocks = list(Reader([str(tmp_path / "line.txt")], strip_gutenberg=False, progress=False).documents())
+    assert len(blocks) > 20 and max(map(len, blocks)) < 2000 and all(b.endswith(" ") for b in blocks[:-1])
+    assert "".join(blocks) == text
+    blocks = list(Reader([str(tmp_path / "run.txt")], strip_gutenberg=False, progress=False).documents())
+    assert [len(b) for b in blocks] == [1000] * 5 + [500]
 
 
 def test_folder_lists_text_files_only_and_empty_folder_fails(tmp_path):
@@ -111,6 +129,38 @@ def test_folder_lists_text_files_only_and_empty_folder_fails(tmp_path):
         (tmp_path / "d" / name).write_text("")
     found = [os.path.relpath(p, tmp_path / "d") for p in corpus.list_files(str(tmp_path / "d"))]
     assert found == ["a.jsonl.gz", "b.txt", os.path.join("sub", "c.parquet")]
+    # hidden files and folders (macOS ._ files, .ipynb_checkpoints) and dangling links are not read
+    (tmp_path / "d" / ".hidden").mkdir()
+    for name in ("._b.txt", ".hidden/e.txt"):
+        (tmp_path / "d" / name).write_bytes(os.urandom(100))
+    os.symlink(tmp_path / "nowhere.txt", tmp_path / "d" / "gone.txt")
+    assert [os.path.relpath(p, tmp_path / "d") for p in corpus.list_files(str(tmp_path / "d"))] == found
+
+
+def test_codecs_that_are_not_text_and_utf16_without_bom_fail_in_one_line(tmp_path):
+    (tmp_path / "a.txt").write_text("hola " * 100)
+    for name in ("rot13", "base64", "zlib_codec"):  # codecs Python has, but not text encodings
+        with pytest.raises(CorpusError, match="unknown encoding"):
+            read_text(str(tmp_path / "a.txt"), encoding=name)
+    (tmp_path / "u16.txt").write_bytes(("hola " * 100).encode("utf-16-le"))  # no byte-order mark
+    with pytest.raises(CorpusError, match="cannot be decoded as utf-16 .*utf-16-le"):
+        read_text(str(tmp_path / "u16.txt"), encoding="utf-16")
+    assert read_text(str(tmp_path / "u16.txt"), encoding="utf-16-le")[0] == "hola " * 100
+    # forcing a one-byte code page does not make random bytes text
+    (tmp_path / "noise.txt").write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(CorpusError, match="binary"):
+        read_text(str(tmp_path / "noise.txt"), encoding="latin-1")
+    # a declared charset the file does not keep to (mail says us-ascii) is not believed
+    (tmp_path / "mail.txt").write_bytes(b"Content-Type: text/plain; charset=us-ascii\n\nCanci\xf3n, se\xf1or.\n")
+    text, reader = read_text(str(tmp_path / "mail.txt"))
+    assert "Canción, señor." in text and reader.files[str(tmp_path / "mail.txt")]["encoding"] == "cp1252"
+
+
+def test_malformed_jsonl_lines_fail_in_one_line(tmp_path):
+    for i, line in enumerate(["[" * 100_000 + "]" * 100_000, '{"text": "x", "n": ' + "9" * 5000 + "}"]):
+        (tmp_path / f"{i}.jsonl").write_text('{"text": "bien"}\n' + line + "\n")
+        with pytest.raises(CorpusError, match="line 2: not valid JSON"):
+            read_text(str(tmp_path / f"{i}.jsonl"))
 
 
 BOOKS = sorted(glob.glob(os.path.join(ROOT, "data", "es", "books", "*.txt")) +

@@ -91,6 +91,9 @@ def test_prepare_bad_inputs_give_one_line(tmp_path):
     (tmp_path / "nodocs").mkdir()
     (tmp_path / "nodocs" / "readme.md").write_text("no text files here")
     (tmp_path / "cut.txt").write_text("*** START OF THE PROJECT GUTENBERG EBOOK X ***\nhola\n" * 3, encoding="utf-8")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"text": [1, 2, 3]}), tmp_path / "ints.parquet")  # a text column that is not text
     cases = [(("prepare.py", "--input=missing.txt"), "not found"),
              (("prepare.py", "--input=empty.txt"), "no text"),
              (("prepare.py", "--input=bin.txt"), "binary"),
@@ -101,9 +104,32 @@ def test_prepare_bad_inputs_give_one_line(tmp_path):
              (("prepare.py", "--input=cut.txt"), "START marker but no END"),
              (("prepare.py", "--dataset=nope"), "unknown dataset"),
              (("prepare.py", "--input=afile", "--data_root=afile"), "cannot write to out_dir"),
-             (("prepare.py", "--dataset=shakespeare_char", "--download_url=file:///nonexistent/input.txt"), "--input")]
+             (("prepare.py", "--dataset=shakespeare_char", "--download_url=file:///nonexistent/input.txt"), "--input"),
+             (("prepare.py", "--input=,"), "--input names no file"),
+             (("prepare.py", "--input=afile", "--dataset="), "--dataset must name a folder"),
+             (("prepare.py", "--input=ints.parquet"), "holds int values, not strings")]
     for p, (args, fragment) in zip(run_many([c for c, _ in cases], cwd=tmp_path), cases):
         assert fragment in assert_one_line_error(p), args
     # nothing written
-    assert sorted(os.listdir(tmp_path)) == ["afile", "bad.txt.gz", "bin.txt", "cut.txt", "empty.txt", "latin1.txt",
-                                           "nodocs"]
+    assert sorted(os.listdir(tmp_path)) == ["afile", "bad.txt.gz", "bin.txt", "cut.txt", "empty.txt", "ints.parquet",
+                                           "latin1.txt", "nodocs"]
+
+
+def test_short_documents_go_whole_to_val(tmp_path):
+    """A corpus of many short documents (one-line reviews): val gets whole ones, ~val_fraction of the
+    characters, instead of each document's last word; a lone small file is still cut 90/10."""
+    reviews = [f"Opinión número {i}: el servicio fue {'bueno' if i % 2 else 'malo'} y volveré." for i in range(200)]
+    with open(tmp_path / "r.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": r}, ensure_ascii=False) + "\n" for r in reviews)
+    (tmp_path / "one.txt").write_text(reviews[0] * 10, encoding="utf-8")
+    for p in run_many([("prepare.py", "--input=r.jsonl", "--dataset=r"), ("prepare.py", "--input=one.txt", "--dataset=one")],
+                      cwd=tmp_path):
+        assert p.returncode == 0, p.stderr
+    meta, train, val = _prepared(tmp_path, "r")
+    tok = CharTokenizer(meta["vocab"])
+    val_docs = tok.decode(val.tolist()).split("\n\n")[:-1]
+    train_docs = tok.decode(train.tolist()).split("\n\n")[:-1]
+    assert set(val_docs) <= set(reviews) and set(train_docs) <= set(reviews)  # whole reviews only
+    assert len(val_docs) + len(train_docs) == 200 and 15 <= len(val_docs) <= 25  # ~10%
+    meta, train, val = _prepared(tmp_path, "one")
+    assert 0.08 < len(val) / (len(train) + len(val)) < 0.12  # one document: the classic 90/10 cut

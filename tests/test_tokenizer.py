@@ -36,6 +36,8 @@ def test_clean_text():
     assert clean_text("a\r\nb\rc\x00d\x07\te") == "a\nb\ncd\te"
     assert clean_text("Cafe\u0301") == "Café"  # NFC: e + combining accent -> é
     assert clean_text("ÁRBOL", lowercase=True) == "árbol"
+    # a lone surrogate (JSON can write "\ud800") cannot be encoded: the replacement mark; a stray BOM goes
+    assert clean_text("a\ud800b\ufeffc") == "a\ufffdbc"
 
 
 
