@@ -301,6 +301,9 @@ def instruction_row(d, model, tok, examples, ctx):
 
 
 if __name__ == "__main__":
+    for name in ("max_chars", "max_examples", "max_new_tokens"):
+        if globals()[name] < 0:
+            fail(f"--{name} must be >= 0, got {globals()[name]}")
     try:
         device = pick_device(device)
         ctx = autocast(device, dtype)

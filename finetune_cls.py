@@ -27,6 +27,7 @@ scores, then the program (--predict / --predict_file, training or --eval_only, t
 import csv
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -120,7 +121,10 @@ def read_table(path, text_col, label_col):
                 fail(f"{path} line {n}: expected a JSON object like {{\"{text_col}\": ..., \"{label_col}\": ...}}")
         columns = list(dict.fromkeys(k for _, obj in rows for k in obj))  # every key, in order of appearance
     else:
-        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter="\t" if ext == ".tsv" else ",")
+        # a .tsv has no quoting: a text may start with '"' (a quotation) and must stay one row; a .csv
+        # follows the CSV rules (a text holding a comma is written in quotes)
+        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter="\t" if ext == ".tsv" else ",",
+                                quoting=csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL)
         columns = [c for c in reader.fieldnames or [] if c is not None]
         rows = [(reader.line_num, row) for row in reader]
     for col, flag in ((text_col, "text_col"), (label_col, "label_col")):
@@ -132,12 +136,16 @@ def read_table(path, text_col, label_col):
     texts, labels = [], []
     for n, row in rows:
         label = row.get(label_col)
-        if label is None or not str(label).strip():
+        if isinstance(label, float) and label.is_integer():  # JSON 1.0 is the label 1, not another one
+            label = int(label)
+        # cleaned like the texts: 'política' typed on a Mac (NFD: i + a combining accent) is the same label
+        label = prepare_text(json.dumps(label) if isinstance(label, bool) else label if label is not None else "")
+        if not label:
             fail(f"{path} line {n}: empty value in the label column '{label_col}'")
         text = prepare_text(row.get(text_col) or "")
         if text:  # an empty text has nothing to classify: skipped
             texts.append(text)
-            labels.append(str(label).strip())
+            labels.append(label)
     if len(texts) < len(rows):
         print(f"note: {path}: {len(rows) - len(texts)} rows with an empty text skipped")
     if not texts:
@@ -434,6 +442,9 @@ if __name__ == "__main__":
         fail(f"metric must be 'macro_f1' or 'accuracy', got '{metric}'")
     if batch_size < 1 or eval_interval < 1 or max_iters < 0 or patience < 0:
         fail("batch_size and eval_interval must be at least 1, max_iters and patience at least 0")
+    if not all(math.isfinite(lr) and lr >= 0 for lr in (learning_rate, backbone_lr)) or learning_rate == 0:
+        fail(f"learning_rate must be a finite number > 0 and backbone_lr >= 0 (0: the same), got {learning_rate} "
+             f"and {backbone_lr}")
     if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
         fail(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be > 0 and add up to less than 1")
     if predict is not None and predict_file:
@@ -463,14 +474,19 @@ if __name__ == "__main__":
                 fail(f"{predict_file} holds no text (one text per line)")
         probs = classify(clf, tok, texts, batch_size, device, ctx)  # (N, K), the checkpoint's block_size
         names = ckpt["labels"]
+        n_unk = sum(tok.encode(t).count(tok.unk_id) for t in texts)
+        if n_unk:  # a guess from unknown characters is worth knowing about (stderr: stdout stays a table)
+            n_all = sum(len(tok.encode(t)) for t in texts)
+            print(f"note: {n_unk} of {n_all} characters are not in the backbone's vocabulary and read as <unk>",
+                  file=sys.stderr)
         if predict is not None:
             print(names[probs[0].argmax()])
             for n, p in zip(names, probs[0].tolist()):
                 print(f"  {n:<{max(len(x) for x in names)}}  {p:.4f}")
         else:
             print("\t".join(["label"] + [f"p({n})" for n in names] + ["text"]))
-            for t, p in zip(texts, probs):
-                print("\t".join([names[p.argmax()]] + [f"{x:.4f}" for x in p.tolist()] + [t]))
+            for t, p in zip(texts, probs):  # a tab inside a text would add a column: shown as a space
+                print("\t".join([names[p.argmax()]] + [f"{x:.4f}" for x in p.tolist()] + [t.replace("\t", " ")]))
         sys.exit(0)
 
     # --eval_only=True: out_dir's classifier and the test split; or training --
@@ -507,12 +523,14 @@ if __name__ == "__main__":
             if old_kind != "cls":
                 fail(f"{out_dir} holds a '{old_kind}' checkpoint (another task); use another --out_dir, "
                      f"or --overwrite=True to replace it")
-            print(f"note: {ckpt_path} holds an earlier classifier; this run replaces it from its first evaluation on")
+            print(f"note: {ckpt_path} holds an earlier classifier; this run replaces it when it ends")
 
         splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed)
         if train_labels:
-            if train_labels < 2:
-                fail(f"--train_labels must be 0 (all) or at least 2, got {train_labels}")
+            n_labels = len(set(splits["train"][1]))
+            if train_labels < max(2, n_labels):
+                fail(f"--train_labels must be 0 (all) or at least one text per label ({max(2, n_labels)} here), "
+                     f"got {train_labels}")
             splits["train"] = balanced_subset(*splits["train"], train_labels, seed)
         labels = sorted(set(splits["train"][1]))
         if len(labels) < 2:
@@ -528,7 +546,7 @@ if __name__ == "__main__":
               + ", ".join(f"{n} ({c})" for n, c in zip(labels, label_counts.tolist())))
         if n_cut:
             print(f"note: {n_cut} texts longer than block_size={block_size} keep only their last {block_size} "
-                  f"characters")
+                  f"{'characters' if tok.kind == 'char' else 'tokens'}")
         if n_unk:
             print(f"note: {n_unk} characters are not in the backbone's vocabulary and read as <unk>")
 
@@ -578,6 +596,17 @@ if __name__ == "__main__":
                                                 f"(accuracy {cv_acc:.3f})")
             print(f"linear probe (logistic regression, L-BFGS) in {time.time() - t0:.1f}s: L2 {l2:g}{chosen}")
 
+        # where this run saves: straight into out_dir; or, over an earlier classifier, beside it, moved into
+        # place only when the run ends (Ctrl-C included): a run that fails keeps the earlier one whole
+        staged = os.path.isfile(ckpt_path)
+        run_files = {n: os.path.join(out_dir, n.replace(".", ".next.") if staged else n) for n in ("ckpt.pt", "log.jsonl")}
+
+        def give_up(msg):  # a failed run: its own files go, the earlier ones stay
+            for f in run_files.values():
+                if staged and os.path.exists(f):
+                    os.remove(f)
+            fail(msg)
+
         # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
         stop = catch_stop_signals()
         batch_gen = torch.Generator().manual_seed(seed)  # the data order
@@ -591,6 +620,9 @@ if __name__ == "__main__":
                     logits = clf.head(feats["val"]) if cached else all_logits(clf, seqs["val"], tok.pad_id,
                                                                               batch_size, device, ctx)
                     val_loss = F.cross_entropy(logits, ys["val"], weight=weights).item()
+                if not math.isfinite(val_loss):  # diverged: nothing worth saving
+                    give_up(f"val loss became {val_loss:.3g} at iteration {it}; stopped, nothing saved by this run. "
+                            f"Try a lower --learning_rate or --dtype=float32")
                 m = scores(ys["val"], logits.argmax(dim=-1), len(labels))
                 train_loss = sum(train_losses) / len(train_losses) if train_losses else None
                 train_losses = []
@@ -606,13 +638,12 @@ if __name__ == "__main__":
                                          **tok.state(), "labels": labels, "label_counts": label_counts.tolist(),
                                          "pool": pool, "config": config, "iter_num": it, "history": history, **probe,
                                          "best_val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                                                      "loss": val_loss}}, ckpt_path)
+                                                      "loss": val_loss}}, run_files["ckpt.pt"])
                     # one line per evaluation, for plots (the app reads these logs); the first evaluation
-                    # always saves, so this run owns out_dir by now
-                    atomic_write_text(os.path.join(out_dir, "log.jsonl"),
-                                      "".join(json.dumps(h) + "\n" for h in history))
+                    # always saves, so this run owns its files by now
+                    atomic_write_text(run_files["log.jsonl"], "".join(json.dumps(h) + "\n" for h in history))
                 except CheckpointError as e:  # a full disk: the previous files are kept
-                    fail(e)
+                    give_up(e)
                 eta = (n_iters - it) * (time.time() - t_train) / max(1, it)
                 shown = "-" if train_loss is None else f"{train_loss:.4f}"
                 print(f"eval {it}: train loss {shown} | val loss {val_loss:.4f}, accuracy {m['accuracy']:.3f}, "
@@ -632,10 +663,20 @@ if __name__ == "__main__":
             logits = clf(*pad([seqs["train"][i] for i in ix.tolist()], tok.pad_id, device), ctx)  # (B, K)
             loss = F.cross_entropy(logits, ys["train"][ix.to(device)], weight=weights)
             if not torch.isfinite(loss):
-                fail(f"loss became {loss.item()} at iteration {it}; stopped. The best checkpoint so far in {out_dir}/ "
-                     f"is kept. Try a lower --learning_rate or --dtype=float32")
-            optimizer_step(loss, optimizer, scaler, grad_clip)
+                give_up(f"loss became {loss.item()} at iteration {it}; stopped. The best checkpoint so far in "
+                        f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")
+            try:
+                optimizer_step(loss, optimizer, scaler, grad_clip)
+            except RuntimeError as e:  # e.g. a learning rate so large that AdamW's step overflows
+                give_up(f"the optimizer step failed at iteration {it} ({str(e).splitlines()[0]}); "
+                        f"try a lower --learning_rate")
             train_losses.append(loss.item())
+        if staged:  # the run ended (finished, early-stopped or Ctrl-C): its best replaces the earlier one
+            for name, f in run_files.items():
+                try:
+                    os.replace(f, os.path.join(out_dir, name))
+                except OSError as e:
+                    give_up(f"could not write {os.path.join(out_dir, name)}: {e.strerror}")
         t_train = time.time() - t_train
         print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {best_iter} -> {ckpt_path}")
         # the test below reads the saved best checkpoint back, exactly as --eval_only reads it

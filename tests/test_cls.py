@@ -225,6 +225,15 @@ def test_read_table_formats_and_split(tmp_path):
     jl = tmp_path / "a.jsonl"
     jl.write_text('{"t": "uno", "y": 1}\n\n{"t": "dos", "y": 2}\n', encoding="utf-8")
     assert fc.read_table(str(jl), "t", "y") == (["uno", "dos"], ["1", "2"])
+    # a .tsv has no quoting: a text that starts with a quotation stays one row, quotes and all
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text('text\tlabel\n"Lo mejor", dijo.\tpos\nmuy malo\tneg\nun "6" de pantalla\tpos\n', encoding="utf-8")
+    assert fc.read_table(str(tsv), "text", "label") == (['"Lo mejor", dijo.', "muy malo", 'un "6" de pantalla'],
+                                                        ["pos", "neg", "pos"])
+    # labels are cleaned like texts: NFD 'política' (a Mac's) is NFC 'política'; JSON 1 and 1.0 are one label
+    jl.write_text('{"t": "uno", "y": "poli\u0301tica"}\n{"t": "dos", "y": "pol\u00edtica"}\n'
+                  '{"t": "tres", "y": 1}\n{"t": "cuatro", "y": 1.0}\n{"t": "cinco", "y": true}\n', encoding="utf-8")
+    assert fc.read_table(str(jl), "t", "y")[1] == ["política", "política", "1", "1", "true"]
     texts, labels = zip(*ab_rows(200, seed=1))
     a = fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=7)
     assert a == fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=7)
@@ -456,6 +465,7 @@ def test_bad_input_gives_one_line_in_process(env):
     d = env
     write_tsv(d / "cols.tsv", ab_rows(20, 3), header=("texto", "etiqueta"))
     write_tsv(d / "one.tsv", [("aaa", "x")] * 20)
+    write_tsv(d / "tri.tsv", [(c * (i % 5 + 2), c) for i in range(30) for c in "abc"])  # three labels
     (d / "empty.tsv").write_text("", encoding="utf-8")
     (d / "afile").write_text("not a folder", encoding="utf-8")
     bad = d / "bad_split"
@@ -492,6 +502,8 @@ def test_bad_input_gives_one_line_in_process(env):
         (["--out_dir=bad_vocab", "--predict=hola"], "vocabulary size does not match the embedding table"),
         (["--out_dir=bad_layers", "--predict=hola"], "weights do not fit"),
         (["--pool=max", *train], "pool must be one of last, mean, layers"),
+        (["--data=tri.tsv", "--train_labels=2", *train], "at least one text per label (3 here)"),
+        (["--data=ab.csv", "--learning_rate=-1", *train], "learning_rate must be a finite number > 0"),
         (["--dtype=float8", *train], "unknown dtype"),
     ]
     for args, fragment in cases:
@@ -502,6 +514,22 @@ def test_bad_input_gives_one_line_in_process(env):
     # nothing was written by the failed runs: no out_dir, and not one file changed (the classifier in
     # hand_ab, the pretrained model in base)
     assert not (d / "cls_bad").exists() and digest(d) == before
+
+
+def test_a_failed_run_keeps_the_earlier_classifier_whole(env):
+    """Over an earlier classifier a run saves beside it and replaces it only when it ends: a run whose
+    loss blows up (here a learning rate of 1e36) leaves ckpt.pt and log.jsonl exactly as they were."""
+    d = env
+    p = run_here("--data=ab.csv", "--init_from=base", "--out_dir=keep", "--max_iters=4", *FAST, cwd=d)
+    assert p.returncode == 0, p.stderr
+    before = digest(d / "keep")
+    p = run_here("--data=ab.csv", "--init_from=base", "--out_dir=keep", "--freeze=none", "--learning_rate=1e36",
+                 "--max_iters=10", "--eval_interval=1", *FAST, cwd=d)
+    assert "Try a lower --learning_rate" in assert_one_line_error(p) or "try a lower --learning_rate" in p.stderr
+    assert digest(d / "keep") == before and sorted(os.listdir(d / "keep")) == ["ckpt.pt", "log.jsonl"]
+    # and a run that ends well does replace it
+    p = run_here("--data=ab.csv", "--init_from=base", "--out_dir=keep", "--max_iters=6", "--seed=8", "--device=cpu", cwd=d)
+    assert p.returncode == 0 and digest(d / "keep") != before and sorted(os.listdir(d / "keep")) == ["ckpt.pt", "log.jsonl"]
 
 
 def test_unwritable_checkpoint_or_log_is_one_line(env):

@@ -105,7 +105,9 @@ def test_bad_inputs_one_line(out_root, tmp_path):
              (("evaluate.py", f"--out_dir={out_root}/out-pre", "--text=missing.txt"), "not found"),
              (("evaluate.py", f"--out_dir={out_root}/out-pre", "--text=latin1.txt", "--encoding=utf-8"),
               "cannot be decoded"),
-             (("evaluate.py", f"--out_dir={out_root}/out-pre", "--data=nodata"), "no usable prepared data")]
+             (("evaluate.py", f"--out_dir={out_root}/out-pre", "--data=nodata"), "no usable prepared data"),
+             (("evaluate.py", f"--out_dir={out_root}/out-pre", "--text=latin1.txt", "--max_chars=-5"),
+              "--max_chars must be >= 0")]
     for p, (args, fragment) in zip(run_many([c for c, _ in cases], cwd=tmp_path), cases):
         assert fragment in assert_one_line_error(p), (args, p.stderr)
     assert sorted(os.listdir(tmp_path)) == ["cls", "latin1.txt"]  # nothing written
