@@ -100,7 +100,12 @@ OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", 
                   "playa", "playas", "pib", "economia", "bebida", "plato", "tipica", "tipico",
                   # a qualified capital is another question: "capital cultural", "capital mundial del café"
                   "cultural", "economica", "financiera", "turistica", "mundial", "gastronomica",
-                  "historica", "colonial", "provincial"})
+                  "historica", "colonial", "provincial",
+                  # "¿cuál era?" and "¿será Heredia la capital?" ask about today (what one forgot, a guess):
+                  # a year is what rules another time out (the capital's unless)
+                  # another sense of the word: a car jack ("gato hidráulico"), a hot dog ("perro caliente"),
+                  # whose dog it is ("¿el perro pertenece al dueño?")
+                  "hidraulico", "mecanico", "caliente", "calientes", "dueño", "dueña", "amo"})
 # "nombre"/"llama" ask for a name: the capital's name is the capital ("¿cómo se llama la capital ...?")
 NAMING = frozenset({"nombre", "llama"})
 # verbs that state a class: "los perros SON caninos", "el gato PERTENECE a los félidos"
@@ -122,7 +127,7 @@ DEFINITION_TAIL = {"domestico", "domesticos", "domestica", "hablando", "en", "te
 SCIENCE = ("biolog", "zoolog", "taxonom")
 # real words one edit away from a keyword: never read them as typos
 NOT_TYPOS = {"camino", "caminos", "capitan", "capitel", "capitulo", "capitales", "perla", "perlas", "perno",
-             "pernos", "cerro", "cerros", "gaita", "gatillo", "costar", "costas", "rico", "ricos"}
+             "pernos", "cerro", "cerros", "gaita", "gatillo", "costar", "costas", "rico", "ricos", "bicho", "bichos"}
 # rewritten before matching: idioms that are not intents, and "Costa Rica" spelled short
 ALIASES = [(r"\bc\s+rica\b", "costarica"), (r"\bc\s+r\b", "costarica"), (r"\bpor\s+que\b", "porque"),
            (r"\ben cuanto a\b", "sobre"), (r"\ben (pocas|breves|dos) palabras\b", "breve"),
@@ -155,7 +160,8 @@ FAQ_ENTRIES = (
                  ("capital de Costa Rica", lambda q: q.has(CAPITAL)),
                  ("sede del gobierno",  # "¿en qué ciudad está el gobierno de Costa Rica?"
                   lambda q: q.says(r"\b(gobiern\w*|poderes|sede)\b") and q.says(r"\b(ciudad|donde|urbe)\b"))),
-             unless=lambda q: q.names_other("capital", CAPITAL_OF_OK),  # "capital de la provincia de ..."
+             # "capital de la provincia de ...", or of another year: Cartago was the capital until 1823
+             unless=lambda q: q.names_other("capital", CAPITAL_OF_OK) or q.says(r"\b[12]\d{3}\b"),
              allow=NAMING, canon=("cual es la capital de costa rica", "capital de costa rica")),
 )
 FAQ = {e.key: e.answer for e in FAQ_ENTRIES}  # key -> answer
@@ -185,9 +191,10 @@ def match_faq_explain(prompt):
         why = None if e.unless(q) else next((why for why, test in e.intents if test(q)), None)
         if why:
             hits.append((e, why))
-    if not hits:  # whole-question similarity for what the intents missed
-        hits = [(e, "parecida a una pregunta modelo") for e, q in asked
-                if max(difflib.SequenceMatcher(None, q.text, c).ratio() for c in e.canon) >= 0.8]
+    if not hits:  # whole-question similarity for what the intents missed (never what unless ruled out:
+        # "¿la capital de Heredia, Costa Rica?" is as similar as it gets, and another question)
+        hits = [(e, "parecida a una pregunta modelo") for e, q in asked if not e.unless(q)
+                and max(difflib.SequenceMatcher(None, q.text, c).ratio() for c in e.canon) >= 0.8]
     if len(hits) != 1:
         return None, "ninguna regla" if not hits else "ambigua: " + ", ".join(sorted(e.key for e, _ in hits))
     (e, why), = hits
@@ -732,7 +739,7 @@ def answer(prompt, res, settings, history=()):
     from chat import answer_ids, prompt_ids
 
     t0 = time.perf_counter()
-    if settings.use_faq:
+    if settings.use_faq and not settings.system:  # the FAQ's fixed sentences ignore a system prompt: the model's job
         key, why = match_faq_explain(prompt)
         if key:
             st.markdown(escape_md(FAQ[key]))

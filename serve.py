@@ -121,18 +121,19 @@ def sampling(body):
     if max_tokens > max_tokens_limit:
         raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {max_tokens_limit}",
                        code="max_tokens_over_limit", param="max_tokens")
-    stop = field(body, "stop", (str, list), [], lambda v: isinstance(v, str) or (
-        len(v) <= 4 and all(isinstance(s, str) and s for s in v)), "a string or a list of at most 4 strings")
+    stop = field(body, "stop", (str, list), [], lambda v: (isinstance(v, str) and v != "") or (
+        isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) and s for s in v)),
+                 "a non-empty string or a list of at most 4 of them")
     return {
         "n": field(body, "n", int, 1, lambda v: 1 <= v <= max_n, f"an integer from 1 to {max_n}"),
         "max_tokens": max_tokens,
         "temperature": float(field(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "between 0 and 2")),
         "top_p": float(field(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1, "in (0, 1]")),
         "top_k": field(body, "top_k", int, 0, lambda v: v >= 0, "an integer >= 0 (0 = all tokens)"),
-        "seed": field(body, "seed", int, None),
+        "seed": field(body, "seed", int, None, lambda v: 0 <= v < 2 ** 64, "an integer from 0 to 2**64 - 1"),
         "stop": [stop] if isinstance(stop, str) else stop,
-        "stream": field(body, "stream", bool, False),
-        "include_usage": bool(field(body, "stream_options", dict, {}).get("include_usage")),
+        "stream": field(body, "stream", bool, False, why="true or false"),
+        "include_usage": bool(field(body, "stream_options", dict, {}, why="an object").get("include_usage")),
     }
 
 
@@ -276,6 +277,14 @@ def create_app(server, key=""):
     async def api_error(request, e):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e):  # an unknown route (404) or method (405): the same error shape
+        return JSONResponse(APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                                     code="not_found" if e.status_code == 404 else "method_not_allowed").body(),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
+
     @app.exception_handler(Exception)
     async def any_error(request, e):  # never a traceback in a response
         return JSONResponse(APIError(500, f"internal error: {type(e).__name__}", type="server_error").body(),
@@ -311,6 +320,9 @@ def create_app(server, key=""):
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object", code="invalid_json")
         name = body.get("model")
+        if not isinstance(name, str):
+            raise APIError(400, f"'model' must be the name of a served model ({', '.join(server.models)}), "
+                                f"got {json.dumps(name)[:60]}", code="invalid_value", param="model")
         if name not in server.models:
             raise APIError(404, f"model '{name}' is not served here (available: {', '.join(server.models)})",
                            code="model_not_found", param="model")
@@ -413,7 +425,7 @@ def create_app(server, key=""):
         s = sampling(body)
         text, ids = checked_prompt(question, entry, True, history, system, s["max_tokens"])
         faq_text = None
-        if field(body, "faq", bool, False):
+        if field(body, "faq", bool, False, why="true or false") and not system:  # a system prompt ("answer yes or no") is the model's job
             from app import FAQ, match_faq
             key_ = match_faq(text)
             faq_text = FAQ[key_] if key_ else None

@@ -57,11 +57,12 @@ CLOSERS = [" Gracias.", " ¡Gracias de antemano!", " ¿Me ayudas?", " Es para la
 
 
 def noisy_prompt(p, rng, noise_prob, wrap_prob=0.0):
-    """The noise people put in real questions, for training (finetune_instr.py): each of no capitals, no
-    accents, no ¿?, and one typo with probability noise_prob; then, with probability wrap_prob, small
-    talk before, after or on both sides (OPENERS, CLOSERS). rng: a random.Random."""
+    """The noise people put in real questions, for training (finetune_instr.py): each of odd capitals (none,
+    most often; ALL, or Every Word), no accents, no ¿?, and one typo with probability noise_prob; then, with
+    probability wrap_prob, small talk before, after or on both sides (OPENERS, CLOSERS). rng: a random.Random."""
     if rng.random() < noise_prob:
-        p = p.lower()
+        case = rng.random()
+        p = p.lower() if case < 0.6 else p.upper() if case < 0.8 else p.title()
     if rng.random() < noise_prob:
         p = strip_accents(p)
     if rng.random() < noise_prob:

@@ -320,7 +320,12 @@ def test_faq_never_answers_another_fact():
     "¿Cuál fue la primera capital de Costa Rica?", "¿Qué es un gato hidráulico?",
     "¿Costa Rica tiene capital cultural?", "¿Qué familia de palabras tiene perro?",
     "¿Cómo se llama el gato de Shrek?", "¿Cómo se llama la capital de Panamá?",
-    "¿Puerto Rico es un país?", "¿Cuál es la capital de Costa de Marfil?", "", "???"])
+    "¿Puerto Rico es un país?", "¿Cuál es la capital de Costa de Marfil?", "", "???",
+    # the similarity fallback must not bring back what a rule ruled out
+    "¿Cuál es la capital de Heredia, Costa Rica?", "cual es la capital de heredia costa rica",
+    "¿Cuál es la capital del café en Costa Rica?", "¿Cuál era la capital de Costa Rica en 1820?",
+    "¿El perro pertenece al dueño o al estado?", "¿Cómo se clasifica un gato hidráulico?",
+    "¿Los perros calientes son caninos?"])
 def test_faq_rejects_near_misses(q):
     assert app.match_faq(q) is None, app.match_faq_explain(q)
 
@@ -331,6 +336,8 @@ def test_faq_rejects_near_misses(q):
     ("¿Los gatitos son cánidos?", "fact:gato"), ("que animal es un gato", "fact:gato"),
     ("¿los gatos son de la familia felidae?", "fact:gato"), ("¿Qué capital tiene Costa Rica?", "fact:capital"),
     ("Dime la capital de costa rika porfa", "fact:capital"), ("CAPITAL DE COSTA RICA!!!", "fact:capital"),
+    ("No me acuerdo, ¿cuál era la capital de Costa Rica?", "fact:capital"),  # "era": what one forgot
+    ("¿Qué tipo de bicho es el perro?", "fact:perro"),  # "bicho" is a word, not a typo of "micho"
     ("k tipo d animal es el perro", "fact:perro")])  # the last one: only the difflib similarity rule
 def test_faq_matches_paraphrases(q, kind):
     assert app.match_faq(q) == kind, app.match_faq_explain(q)

@@ -114,6 +114,11 @@ def test_stop_sequences_max_tokens_seed_and_faq(server):
                                   extra_body={"faq": True})
     from app import FAQ
     assert r.choices[0].message.content == FAQ["fact:perro"]
+    # with a system prompt the model answers (the FAQ's fixed sentence would ignore "answer yes or no")
+    r = c.chat.completions.create(model="out-instr", temperature=0, max_tokens=5, extra_body={"faq": True},
+                                  messages=[{"role": "system", "content": "Responde solo sí o no."},
+                                            {"role": "user", "content": "¿Los perros son caninos?"}])
+    assert r.choices[0].message.content != FAQ["fact:perro"]
 
 
 def test_n_choices_are_one_batch_each_row_its_own(server):
@@ -225,6 +230,8 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
         (openai.BadRequestError, dict(model="out-instr", messages=user, n=9), "invalid_value"),  # max_n = 8
         (openai.BadRequestError, dict(model="out-instr", messages=user, n=0), "invalid_value"),
         (openai.BadRequestError, dict(model="out-instr", messages=user, temperature=5), "invalid_value"),
+        (openai.BadRequestError, dict(model="out-instr", messages=user, seed=2 ** 70), "invalid_value"),
+        (openai.BadRequestError, dict(model="out-instr", messages=user, stop=""), "invalid_value"),
     ]
     for error, kw, code in cases:
         with pytest.raises(error) as e:
@@ -232,6 +239,16 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
         assert e.value.body["code"] == code and e.value.body["message"], kw
     status, _, text = post(server, "/v1/chat/completions", b"{not json")
     assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
+    status, _, text = post(server, "/v1/chat/completions", {"model": ["out-instr"], "messages": user})
+    assert status == 400 and json.loads(text)["error"]["param"] == "model"
+    status, _, text = post(server, "/v1/chat/completions", {"model": "out-instr", "messages": user, "faq": "yes"})
+    assert status == 400 and "'faq' must be true or false" in json.loads(text)["error"]["message"]
+    # a lone surrogate ("\\ud800" in JSON) is not a 500: it reads as the replacement mark
+    status, _, text = post(server, "/v1/chat/completions", {"model": "out-instr", "max_tokens": 3,
+                                                            "messages": [{"role": "user", "content": "hola \ud800"}]})
+    assert status == 200, text
+    status, _, text = post(server, "/v1/nowhere", {})  # an unknown route: the OpenAI error shape too
+    assert status == 404 and json.loads(text)["error"]["code"] == "not_found"
     assert "Traceback" not in text
     assert health(server)["status"] == "ok"  # still alive after all of these
 

@@ -76,16 +76,21 @@ def test_property_tokenizer_round_trip_unknowns_and_no_specials(vocab_text, text
 
 
 def test_noisy_prompt_noise_and_small_talk():
-    """finetune_instr's prompt augmentation: off, it returns the prompt; noise_prob=1 lowercases, strips
-    accents and ¿ and adds one typo; wrap_prob=1 puts the prompt, intact, after an opener, before a
-    closer or between both, and all three happen."""
+    """finetune_instr's prompt augmentation: off, it returns the prompt; noise_prob=1 changes the case
+    (lower, UPPER or Title, all three seen), strips accents and ¿ and adds one typo; wrap_prob=1 puts the
+    prompt, intact, after an opener, before a closer or between both, and all three happen."""
     q = "¿El Gato es un félido?"
     rng = random.Random(0)
     assert all(noisy_prompt(q, rng, 0.0, 0.0) == q for _ in range(50))
-    for _ in range(50):
+    cases = set()
+    for _ in range(100):
         p = noisy_prompt(q, rng, 1.0)
-        assert p == p.lower() and "é" not in p and "¿" not in p
+        letters = p.replace("?", "")
+        case = "lower" if letters == letters.lower() else "upper" if letters == letters.upper() else "title"
+        cases.add(case)
+        assert "é" not in p.lower() and "¿" not in p
         assert abs(len(p.rstrip("?")) - len("el gato es un felido")) <= 1  # one letter dropped, doubled or swapped
+    assert cases == {"lower", "upper", "title"}
     sides = set()
     for _ in range(200):
         p = noisy_prompt(q, rng, 0.0, 1.0)
