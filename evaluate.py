@@ -103,6 +103,8 @@ def load_examples(path):
             items = list(enumerate(jsonlib.loads(text), 1))
         except jsonlib.JSONDecodeError as e:
             raise ExamplesError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})")
+        except (ValueError, RecursionError):  # a 5,000-digit number, [[[[...]]]]
+            raise ExamplesError(f"{path}: not valid JSON")
         where = "item"
     else:
         items, where = [], "line"
@@ -110,8 +112,16 @@ def load_examples(path):
             if line.strip():
                 try:
                     items.append((n, jsonlib.loads(line)))
-                except jsonlib.JSONDecodeError:
+                except (ValueError, RecursionError):
                     items.append((n, None))
+        if len(items) > 1 and all(obj is None for _, obj in items):  # one pretty-printed object, not JSONL?
+            try:
+                whole = jsonlib.loads(text)
+            except (ValueError, RecursionError):
+                whole = None
+            if isinstance(whole, dict):
+                raise ExamplesError(f"{path} holds one JSON object over {len(items)} lines; expected a JSON list "
+                                    f"of examples ([{{...}}, ...]) or JSONL (one example per line)")
     examples, bad = [], []
     for n, obj in items:
         context = conversation(obj) if isinstance(obj, dict) else None
@@ -127,8 +137,11 @@ def load_examples(path):
         else:
             bad.append(n)
             continue
-        examples.append(Example(clean_text(prompt).strip(), clean_text(response).strip(), str(obj.get("kind", "")),
-                                *context))
+        prompt, response = clean_text(prompt).strip(), clean_text(response).strip()
+        if not prompt and not response:  # nothing to learn or to ask
+            bad.append(n)
+            continue
+        examples.append(Example(prompt, response, str(obj.get("kind", "")), *context))
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise ExamplesError(f"{path}: {len(bad)} malformed {where}(s) (need prompt/response or "

@@ -93,8 +93,11 @@ def evaluate_checkpoint():
         model, tok = model_from_checkpoint(load_checkpoint(out_dir, kinds=("instr",)), device)
     except CheckpointError as e:
         fail(e)
+    examples = read_examples(test_data)
+    if not examples:
+        fail(f"no test examples to evaluate (--test_data='{test_data}')")
     t0 = time.time()
-    results = answer_all(model, tok, read_examples(test_data), max_new_tokens, ctx)
+    results = answer_all(model, tok, examples, max_new_tokens, ctx)
     print(f"held-out evaluation of {ckpt_path} on {test_data} ({time.time() - t0:.1f}s, greedy, model only):")
     print_table(results)
     answers_path = os.path.join(out_dir, "eval_answers.jsonl")
@@ -111,6 +114,9 @@ if eval_only:
 
 if os.path.exists(ckpt_path) and not overwrite:
     fail(f"{ckpt_path} already exists; use --overwrite=True to replace it, or another --out_dir")
+# over an existing checkpoint (--overwrite=True) the run saves beside it and moves its best into place only
+# when training ends: a run that fails halfway (a NaN loss, Ctrl-C) leaves the earlier model whole
+save_path = os.path.join(out_dir, "ckpt.next.pt") if os.path.isfile(ckpt_path) else ckpt_path
 examples = read_examples(data)
 if init_from == "scratch":
     texts = [e.prompt + e.response + e.system + "".join(q + a for q, a in e.history) for e in examples] + [BASE_CHARS]
@@ -200,9 +206,15 @@ def save():
     try:
         save_checkpoint({"kind": "instr", "model_args": model_args, "model": avg_model.state_dict(),
                          **tok.state(), "config": config, "iter_num": it, "best_val_loss": best,
-                         "history": history, "pretrain_history": pretrain_history, "base": init_from}, ckpt_path)
+                         "history": history, "pretrain_history": pretrain_history, "base": init_from}, save_path)
     except CheckpointError as e:
-        fail(e)
+        give_up(e)
+
+
+def give_up(msg):  # this run's own file goes; an earlier checkpoint stays as it was
+    if save_path != ckpt_path and os.path.exists(save_path):
+        os.remove(save_path)
+    fail(msg)
 
 
 optimizer = adamw(model.parameters(), weight_decay, learning_rate, (0.9, 0.99), device.split(":")[0])
@@ -249,12 +261,17 @@ for it in range(max_iters + 1):
     with ctx:
         _, loss = model(X, Y)
     if not torch.isfinite(loss):
-        fail(f"loss became {loss.item()} at iteration {it}; stopped (the best checkpoint so far is kept)")
+        give_up(f"loss became {loss.item()} at iteration {it}; stopped (the best checkpoint so far is kept)")
     scaler.scale(loss).backward()  # (a no-op scale unless float16)
     scaled_step([optimizer], scaler, grad_clip)  # unscale, clip, step, clear (checkpoint.py)
     if avg_model is not model:
         update_average(avg_model, model, ema)  # (checkpoint.py)
     history.append({"iter": it + 1, "loss": loss.item(), "lr": lr})
+if save_path != ckpt_path:
+    try:
+        os.replace(save_path, ckpt_path)
+    except OSError as e:
+        give_up(f"could not write {ckpt_path}: {e.strerror}")
 print(f"finetuned in {time.time() - t0:.1f}s; best val loss {best:.4f} -> {ckpt_path}")
 
 # evaluate the best checkpoint on the held-out prompts

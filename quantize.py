@@ -147,7 +147,8 @@ if __name__ == "__main__":
     from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, prepare_out_dir, save_checkpoint
     from configurator import configure, fail
 
-    g = {"out_dir": "out-instr", "bits": 8, "group_size": 32, "dst": ""}  # dst '' = <out_dir>-int8 / -int4
+    g = {"out_dir": "out-instr", "bits": 8, "group_size": 32, "dst": "",  # dst '' = <out_dir>-int8 / -int4
+         "overwrite": False}  # allow replacing a float checkpoint (or anything else) already at dst
     configure(g)
     src, bits, group_size = g["out_dir"], g["bits"], g["group_size"]
     dst = g["dst"] or f"{src.rstrip('/')}-int{bits}"
@@ -164,6 +165,15 @@ if __name__ == "__main__":
         fail(why)
     if os.path.abspath(dst) == os.path.abspath(src):
         fail("--dst must differ from --out_dir: the float checkpoint is kept")
+    # an earlier quantized model at dst is replaced (quantizing again after a new finetune); a trained
+    # model there (--dst=out by mistake) is not, unless --overwrite=True
+    if os.path.exists(os.path.join(dst, "ckpt.pt")) and not g["overwrite"]:
+        try:
+            earlier = load_checkpoint(dst)
+        except CheckpointError:
+            earlier = {}
+        if "quant" not in earlier:
+            fail(f"{dst}/ckpt.pt exists and is not a quantized model; use another --dst, or --overwrite=True to replace it")
     try:
         model, _ = model_from_checkpoint(ckpt)
         quantize_model(model, bits, group_size)

@@ -39,6 +39,9 @@ system = ""  # instruction mode: a system prompt ("Responde solo sí o no.")
 max_prompt_chars = 500
 # -----------------------------------------------------------------------------
 configure(globals())
+if max_new_tokens < 1 or num_samples < 1:
+    fail(f"--max_new_tokens and --num_samples must be at least 1, got {max_new_tokens} and {num_samples}")
+sys.stdin.reconfigure(errors="replace")  # a byte that is not UTF-8 becomes U+FFFD, not a traceback
 
 try:
     device = pick_device(device)
@@ -101,12 +104,10 @@ if chat and ckpt["kind"] == "instr":
               "(Ctrl-D to end)", file=sys.stderr)
     for line in sys.stdin:
         line = clean_text(line).strip()
-        if not line:
-            continue
         if line == "/reset":
             history = []
             print("(conversación nueva)", flush=True)
-        elif line.split()[0] == "/system":
+        elif line.split()[:1] == ["/system"]:
             if tok.sys_id is None:
                 print("[error] this model's vocabulary has no <sys>: no system prompt", flush=True)
                 continue

@@ -4,6 +4,8 @@ that uses the earlier turns and the system prompt, from finetune_instr's evaluat
 Clasificar tab)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -78,11 +80,12 @@ def test_evaluation_uses_history_and_system_from_the_cli(chat_root):
 
 
 def test_terminal_chat_through_a_pipe(chat_root):
-    lines = ["¿Los perros son caninos?", "¿Y los gatos?", "/reset", "¿Y los gatos?", f"/system {SYS}",
+    lines = ["¿Los perros son caninos?", "¿Y los gatos?", "/reset", "", "¿Y los gatos?", f"/system {SYS}",
              "¿Los perros son caninos?", "x" * 600]
     p = run("sample.py", "--out_dir=out-chat", "--chat=True", "--device=cpu", cwd=chat_root, input="\n".join(lines) + "\n")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines() == [PERRO, GATO, "(conversación nueva)", NOSE,
+    # one output line per input line, a blank one included (a script reading answers must not wait)
+    assert p.stdout.splitlines() == [PERRO, GATO, "(conversación nueva)", "[error] empty prompt", NOSE,
                                      f"(sistema: {SYS}; conversación nueva)", "Sí.",
                                      "[error] prompt of 600 characters is longer than max_prompt_chars=500"]
     one, pre = run_many([("sample.py", "--out_dir=out-chat", f"--system={SYS}", "--prompt=¿Los perros son caninos?",
@@ -90,6 +93,11 @@ def test_terminal_chat_through_a_pipe(chat_root):
                          ("sample.py", "--out_dir=out-cls", "--chat=True")], cwd=chat_root)
     assert one.returncode == 0 and one.stdout.strip() == "Sí.", one.stderr
     assert "instr" in assert_one_line_error(pre)
+    # bytes that are not UTF-8 on stdin read as U+FFFD: an answer, not a traceback
+    for mode in ([], ["--chat=True"]):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir=out-chat", "--device=cpu", *mode],
+                           input=b"hola \xff\n\xc3(\n", cwd=chat_root, capture_output=True, timeout=120)
+        assert p.returncode == 0 and len(p.stdout.decode().splitlines()) == 2 and not p.stderr, p.stderr
 
 
 def app_at(root, monkeypatch):

@@ -1,5 +1,6 @@
 """Instruction tuning: padding and the loss mask, a tiny end-to-end run, sample.py's instruction mode, bad input."""
 import json
+import re
 
 import torch
 
@@ -121,3 +122,40 @@ def test_ema_saves_the_weight_average(tmp_path):
     line = assert_one_line_error(run("finetune_instr.py", f"--init_from={base}", "--data=train.jsonl", "--ema=1.0",
                                      "--out_dir=oe", cwd=tmp_path))
     assert "--ema must be in [0, 1)" in line and not (tmp_path / "oe").exists()
+
+
+def test_a_failed_overwrite_keeps_the_earlier_model_whole(tmp_path):
+    """--overwrite=True saves beside the earlier checkpoint and replaces it only when training ends: a run
+    whose loss blows up leaves it byte for byte (its iteration-0 save must not have replaced it)."""
+    from conftest import digest
+    base = _make_base(tmp_path)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n"
+                                                  for p, r in PAIRS * 4), encoding="utf-8")
+    common = [f"--init_from={base}", "--data=train.jsonl", "--test_data=", "--out_dir=keep", "--device=cpu"]
+    assert run("finetune_instr.py", *common, "--max_iters=2", cwd=tmp_path).returncode == 0
+    before = digest(tmp_path / "keep")
+    p = run("finetune_instr.py", *common, "--overwrite=True", "--learning_rate=1e30", "--warmup_iters=0",
+            "--max_iters=20", "--eval_interval=1", cwd=tmp_path)
+    assert "loss became" in assert_one_line_error(p)
+    assert digest(tmp_path / "keep") == before and sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["ckpt.pt"]
+    p = run("finetune_instr.py", *common, "--overwrite=True", "--max_iters=3", "--seed=2", cwd=tmp_path)
+    assert p.returncode == 0 and digest(tmp_path / "keep") != before
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["ckpt.pt"]
+    p = run("finetune_instr.py", "--eval_only=True", "--out_dir=keep", "--test_data= , ", cwd=tmp_path)
+    assert "no test examples to evaluate" in assert_one_line_error(p)
+
+
+def test_instruction_files_in_the_wrong_shape_say_so(tmp_path):
+    """load_examples (finetune_instr.py and evaluate.py read through it): an example with neither prompt
+    nor response is malformed, a pretty-printed single object is named as such, deep nesting is one line."""
+    import pytest
+    from evaluate import ExamplesError, load_examples
+    (tmp_path / "empty_pairs.jsonl").write_text('{"prompt": "", "response": ""}\n{"prompt": "a", "response": "b"}\n')
+    (tmp_path / "one.json").write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}, indent=2))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "single.jsonl").write_text('{"prompt": "a", "response": "b"}\n')  # one line of JSONL is fine
+    for name, fragment in (("empty_pairs.jsonl", "1 malformed line(s)"), ("one.json", "one JSON object over 5 lines"),
+                           ("deep.json", "not valid JSON")):
+        with pytest.raises(ExamplesError, match=re.escape(fragment)):
+            load_examples(str(tmp_path / name))
+    assert [(e.prompt, e.response) for e in load_examples(str(tmp_path / "single.jsonl"))] == [("a", "b")]

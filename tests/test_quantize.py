@@ -1,6 +1,7 @@
 """quantize.py: int8 per output channel and int4 per group, the error bound, int4 packing, quantized
 checkpoints loaded by every script (greedy answers unchanged for int8), and the bad inputs."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -96,14 +97,19 @@ def test_app_answers_with_a_quantized_checkpoint_and_says_so(quantized, monkeypa
 
 
 def test_quantize_bad_inputs_are_one_line_and_write_nothing(quantized, out_root, tmp_path):
+    # a trained (float) model at --dst is not replaced without --overwrite=True
+    (tmp_path / "float").mkdir()
+    shutil.copy(os.path.join(out_root, "out-instr", "ckpt.pt"), tmp_path / "float" / "ckpt.pt")
     before = digest(quantized), digest(tmp_path)
-    bits, again, group, missing = run_many([
+    bits, again, group, missing, taken = run_many([
         ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=3", f"--dst={tmp_path / 'x'}"),
         ("quantize.py", f"--out_dir={quantized / 'out-instr-int8'}", "--bits=4", f"--dst={tmp_path / 'y'}"),
         ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", "--bits=4", "--group_size=12",
          f"--dst={tmp_path / 'z'}"),
         ("quantize.py", f"--out_dir={tmp_path / 'nothing'}", "--bits=8"),
+        ("quantize.py", f"--out_dir={os.path.join(out_root, 'out-instr')}", f"--dst={tmp_path / 'float'}"),
     ])
+    assert "is not a quantized model" in assert_one_line_error(taken)
     assert "--bits=3 is not supported" in assert_one_line_error(bits)
     assert "already quantized" in assert_one_line_error(again)
     assert "--group_size=12" in assert_one_line_error(group)
