@@ -41,7 +41,8 @@ max_prompt_chars = 500
 configure(globals())
 if max_new_tokens < 1 or num_samples < 1:
     fail(f"--max_new_tokens and --num_samples must be at least 1, got {max_new_tokens} and {num_samples}")
-sys.stdin.reconfigure(errors="replace")  # a byte that is not UTF-8 becomes U+FFFD, not a traceback
+if hasattr(sys.stdin, "reconfigure"):  # (a real stream; not a notebook's or a test runner's stand-in)
+    sys.stdin.reconfigure(errors="replace")  # a byte that is not UTF-8 becomes U+FFFD, not a traceback
 
 try:
     device = pick_device(device)
