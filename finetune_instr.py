@@ -154,7 +154,7 @@ aug_rng = random.Random(seed)
 
 
 def augment(p):
-    """A training prompt as people might type it (tokenizer.noisy_prompt: no capitals, no accents, no
+    """A training prompt as people might type it (tokenizer.noisy_prompt: odd capitals, no accents, no
     ¿?, a typo, small talk around it): each step sees a different variant, so the model learns what a
     question asks, not its spelling."""
     return noisy_prompt(p, aug_rng, augment_prob, wrap_prob)
