@@ -136,10 +136,13 @@ def read_table(path, text_col, label_col):
     texts, labels = [], []
     for n, row in rows:
         label = row.get(label_col)
-        if isinstance(label, float) and label.is_integer():  # JSON 1.0 is the label 1, not another one
+        if label is None:
+            label = ""
+        elif isinstance(label, bool):  # JSON true / false: the words as written
+            label = json.dumps(label)
+        elif isinstance(label, float) and label.is_integer():  # JSON 1.0 is the label 1, not another one
             label = int(label)
-        # cleaned like the texts: 'política' typed on a Mac (NFD: i + a combining accent) is the same label
-        label = prepare_text(json.dumps(label) if isinstance(label, bool) else label if label is not None else "")
+        label = prepare_text(label)  # cleaned like the texts: 'política' typed on a Mac (NFD) is one label
         if not label:
             fail(f"{path} line {n}: empty value in the label column '{label_col}'")
         text = prepare_text(row.get(text_col) or "")
@@ -442,7 +445,7 @@ if __name__ == "__main__":
         fail(f"metric must be 'macro_f1' or 'accuracy', got '{metric}'")
     if batch_size < 1 or eval_interval < 1 or max_iters < 0 or patience < 0:
         fail("batch_size and eval_interval must be at least 1, max_iters and patience at least 0")
-    if not all(math.isfinite(lr) and lr >= 0 for lr in (learning_rate, backbone_lr)) or learning_rate == 0:
+    if not (math.isfinite(learning_rate) and learning_rate > 0 and math.isfinite(backbone_lr) and backbone_lr >= 0):
         fail(f"learning_rate must be a finite number > 0 and backbone_lr >= 0 (0: the same), got {learning_rate} "
              f"and {backbone_lr}")
     if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
