@@ -403,7 +403,8 @@ def find_checkpoints(root=None, want="instr"):
 
 def escape_md(text):
     """Model or user text shown literally by st.markdown (no markup, no HTML, no emoji codes)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~:])", r"\\\1", text).replace("\n", "  \n")
+    # (& and = too: "&lt;b&gt;" would show as <b>, and a line of === under text as a heading)
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>$~:&=])", r"\\\1", text).replace("\n", "  \n")
 
 
 def token_view(tok, ids):
@@ -637,7 +638,8 @@ def sidebar():
             "Prompt de sistema", value="", key="system", max_chars=MAX_SYSTEM_CHARS, height=80,
             placeholder="p. ej. Responde solo sí o no.", disabled=tok.sys_id is None,
             help="Una instrucción para toda la conversación, antes de los turnos (<sys>…)." if tok.sys_id is not None
-            else "Este modelo se entrenó sin <sys>: no admite prompt de sistema.") or "").strip())
+            else "Este modelo se entrenó sin <sys>: no admite prompt de sistema.") or "").strip()
+        if tok.sys_id is not None else "")  # a prompt typed for another model does not reach this one
     if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
         st.session_state.messages = []
     if skipped:
@@ -692,6 +694,8 @@ def classify_tab():
         return
     try:
         labels, probs = classifier_cache()(path, os.stat(path).st_mtime_ns, text)
+        if not all(math.isfinite(p) for p in probs):  # damaged weights: NaN is not a prediction
+            raise ValueError("the classifier gave probabilities that are not numbers (a damaged checkpoint?)")
     except Exception as e:  # a damaged or misfitting checkpoint: a message, not a traceback
         st.error(f"No se pudo clasificar ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return
@@ -748,7 +752,12 @@ def answer(prompt, res, settings, history=()):
     tok = res.tok
     # the same prompt ids answer_ids builds; with the generated ids (kept as they come, not the text
     # encoded again: special tokens have no text of their own) they are the raw trace and "Mirar dentro"
-    ids, cut, dropped = prompt_ids(tok, prompt, res.model.config.block_size, settings.max_new, history, settings.system)
+    try:
+        ids, cut, dropped = prompt_ids(tok, prompt, res.model.config.block_size, settings.max_new, history,
+                                       settings.system)
+    except ValueError as e:  # e.g. a system prompt for a vocabulary without <sys>: a message in the chat
+        st.error(f"No se pudo preparar el prompt ({e})")
+        return {"role": "assistant", "source": "error", "content": f"No se pudo preparar el prompt ({e})"}
     new, first = [], []
     dec = StreamDecoder(tok)  # a character whose bytes BPE split is shown once it is whole
 

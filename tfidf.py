@@ -121,7 +121,7 @@ def tfidf_baseline(train, test, n_classes):
 
 
 if __name__ == "__main__":
-    from configurator import configure
+    from configurator import configure, fail
 
     data = "data/es/sentiment"
     text_col = "text"
@@ -131,6 +131,11 @@ if __name__ == "__main__":
     splits = finetune_cls.load_data(data, text_col, label_col, finetune_cls.val_fraction,
                                     finetune_cls.test_fraction, finetune_cls.seed)
     names = sorted(set(splits["train"][1]))
+    if len(names) < 2:
+        fail(f"only one label ({', '.join(map(repr, names))}) in the training data of {data}: "
+             f"a classifier needs at least two")
+    for s in ("val", "test"):
+        finetune_cls.check_labels(splits[s][1], names, f"the {s} split of {data}")
     ids = {s: (texts, [names.index(lab) for lab in labels]) for s, (texts, labels) in splits.items()}
     pred = tfidf_baseline(ids["train"], ids["test"], len(names))
     print(f"TF-IDF + logistic regression: test accuracy {(pred == np.array(ids['test'][1])).mean():.3f} "

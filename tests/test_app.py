@@ -378,3 +378,5 @@ def test_find_checkpoints(out_root, tmp_path):
     assert app.find_checkpoints(str(tmp_path)) == ([], [])
     assert json.dumps(app.escape_md("<resp> *x* :red[y]")) == json.dumps(
         "\\<resp\\> \\*x\\* \\:red\\[y\\]")
+    # entities and setext headings stay text: "&lt;b&gt;" is not shown as <b>, "===" makes no heading
+    assert app.escape_md("&lt;b&gt;\n===") == "\\&lt;b\\&gt;  \n\\=\\=\\="

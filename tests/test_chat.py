@@ -150,3 +150,32 @@ def test_app_classification_tab(chat_root, monkeypatch):
     at.text_area(key="cls_text").input("   ").run()
     at.button(key="cls_go").click().run()
     assert any("Escribe un texto" in w.value for w in at.warning)
+
+
+def test_app_drops_a_system_prompt_the_model_cannot_read_and_refuses_nan_classifiers(chat_root, monkeypatch, tmp_path):
+    """A system prompt typed for one model does not reach a model whose vocabulary has no <sys> (it used
+    to raise in the page); a classifier whose weights turned NaN gives an error, not 'nan%'."""
+    import shutil
+
+    import torch
+    for name in ("out-chat", "out-cls"):
+        shutil.copytree(chat_root / name, tmp_path / name)
+    ck = torch.load(chat_root / "out-chat" / "ckpt.pt", weights_only=True)
+    assert ck["vocab"][5] == "<sys>"
+    ck["vocab"][5] = "§"  # a vocabulary from before system prompts existed
+    (tmp_path / "out-old").mkdir()
+    torch.save(ck, tmp_path / "out-old" / "ckpt.pt")
+    ck = torch.load(chat_root / "out-cls" / "ckpt.pt", weights_only=True)
+    ck["model"]["head.weight"] = torch.full_like(ck["model"]["head.weight"], float("nan"))
+    (tmp_path / "out-cls-nan").mkdir()
+    torch.save(ck, tmp_path / "out-cls-nan" / "ckpt.pt")
+    at = app_at(tmp_path, monkeypatch)
+    at.text_area(key="system").input(SYS).run()
+    at.selectbox(key="ckpt").set_value("out-old").run()
+    m = ask(at, "¿Los perros son caninos?")
+    assert m["source"] == "modelo" and m["system"] == "" and not m["raw"].startswith("<sys>")
+    at.selectbox(key="cls_ckpt").set_value("out-cls-nan").run()
+    at.text_area(key="cls_text").input("Muy bueno, lo recomiendo.").run()
+    at.button(key="cls_go").click().run()
+    assert not at.exception and any("No se pudo clasificar" in e.value for e in at.error)
+    assert "cls_result" not in at.session_state

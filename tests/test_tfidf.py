@@ -49,3 +49,19 @@ def test_learns_a_word_rule_and_not_noise():
     assert (pred == np.array(test[1])).mean() == 1.0
     shuffled = (train[0], rng.sample(train[1], len(train[1])))  # labels unrelated to the texts
     assert abs((tfidf_baseline(shuffled, test, 2) == np.array(test[1])).mean() - 0.5) < 0.2
+
+
+def test_cli_refuses_labels_train_does_not_have(tmp_path):
+    """python tfidf.py --data=FOLDER: a test label never seen in training, or a training split of one
+    label, is one line (it used to be a ValueError from list.index)."""
+    from conftest import assert_one_line_error, run_many
+    rows = [(f"muy {w} {i}", lab) for i in range(12) for w, lab in (("bueno", "pos"), ("malo", "neg"))]
+    for name, train, test in (("unknown", rows, rows[:4] + [("ni fu ni fa", "neutro")]),
+                              ("single", [r for r in rows if r[1] == "pos"], rows[:4])):
+        (tmp_path / name).mkdir()
+        for split, part in (("train", train), ("val", train[:4]), ("test", test)):
+            (tmp_path / name / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in part),
+                                                         encoding="utf-8")
+    unknown, single = run_many([("tfidf.py", "--data=unknown"), ("tfidf.py", "--data=single")], cwd=tmp_path)
+    assert "'neutro'" in assert_one_line_error(unknown)
+    assert "only one label ('pos')" in assert_one_line_error(single)
