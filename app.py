@@ -303,7 +303,17 @@ class Question:
 
 def faq_eval(path, verbose=False):
     """Recall per fact and false matches on the other kinds, for a jsonl with prompt/kind fields."""
-    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    rows = []
+    for n, line in enumerate(open(path, encoding="utf-8"), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ValueError(f"line {n}: not valid JSON")
+        if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("kind"), str)):
+            raise ValueError(f"line {n}: expected an object with string 'prompt' and 'kind' fields")
+        rows.append(r)
     stats = {}
     misses, false = [], []
     for r in rows:
@@ -334,8 +344,8 @@ def _faq_cli(argv):
     for path in paths:
         try:
             stats, misses, false = faq_eval(path, verbose="-v" in argv)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"error: cannot read {path}: {type(e).__name__}: {e}", file=sys.stderr)
+        except (OSError, ValueError) as e:  # (UnicodeDecodeError is a ValueError)
+            print(f"error: cannot read {path}: {e}", file=sys.stderr)
             return 2
         print(path)
         for kind in sorted(stats):

@@ -85,8 +85,17 @@ seed = 1337
 configure(globals())
 try:
     device = pick_device(device)
+    autocast(device, dtype)  # an unknown dtype is one line here, not later inside a benchmark
 except ValueError as e:
     fail(e)
+# counts a benchmark divides by or takes a median of: at least 1
+for name in ("iters", "runs", "max_new_tokens", "seeds", "clients", "requests", "choices", "prepare_mb", "nanogpt_iters"):
+    if not isinstance(globals()[name], int) or globals()[name] < 1:
+        fail(f"--{name} must be an integer >= 1, got {globals()[name]!r}")
+if mode == "serve" and not re.match(r"https?://[^/:]+(:\d+)?/?$", serve_url):
+    fail(f"--serve_url must look like http://HOST:PORT, got '{serve_url}'")
+if mode == "curve" and not re.fullmatch(r"\d+(,\d+)*", curve_labels):
+    fail(f"--curve_labels must be comma-separated label counts (0 = all), got '{curve_labels}'")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -293,8 +302,9 @@ def bench_sample():
     except CheckpointError as e:
         fail(e)
     bs = model.config.block_size
-    if prompt_len == 0 or prompt_len < -1:
-        fail(f"--prompt_len must be -1 (a full block) or a number of tokens >= 1, got {prompt_len}")
+    if prompt_len == 0 or prompt_len < -1 or prompt_len > bs:
+        fail(f"--prompt_len must be -1 (a full block) or a number of tokens from 1 to the block size {bs}, "
+             f"got {prompt_len}")
     # the prompt: "\n" alone, or (prompt_len=-1) a window full of real text, so that every step
     # works at the block size (the uncached path recomputes 128..256 tokens per step, not 1..256)
     n = bs if prompt_len == -1 else prompt_len

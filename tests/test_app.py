@@ -366,6 +366,16 @@ def test_import_and_cli_start_no_ui():
     assert out.returncode == 0 and "streamlit run app.py" in out.stdout
 
 
+def test_faq_eval_cli_names_a_bad_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "hola", "kind": "abstain"}\n[1, 2]\n', encoding="utf-8")
+    (tmp_path / "num.jsonl").write_text('{"prompt": 5, "kind": "abstain"}\n', encoding="utf-8")
+    for name, line in (("bad.jsonl", 2), ("num.jsonl", 1)):
+        out = subprocess.run([sys.executable, "app.py", "--faq-eval", str(tmp_path / name)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+            f"error: cannot read {tmp_path / name}: line {line}: expected an object with string 'prompt' and 'kind' fields"]
+
+
 def test_streamlit_run_is_local_by_default():
     import tomllib
     with open(os.path.join(ROOT, ".streamlit", "config.toml"), "rb") as f:

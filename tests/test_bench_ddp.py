@@ -27,10 +27,17 @@ def test_bench_sample_reports_cache_and_batch_and_identical_outputs(tiny_run):
     p = run("bench.py", "--mode=sample", "--out_dir=out", "--max_new_tokens=50", "--runs=1", "--prompt_len=-1",
             cwd=tiny_run)
     assert p.returncode == 0 and "prompt of 32 tokens" in p.stdout and "identical: True" in p.stdout, p.stderr
-    bad_len, bad_batch = run_many([("bench.py", "--mode=sample", "--out_dir=out", "--prompt_len=0"),
-                                   ("bench.py", "--mode=sample", "--out_dir=out", "--batch=0")], cwd=tiny_run)
+    bad_len, bad_batch, long_len, runs, url = run_many([
+        ("bench.py", "--mode=sample", "--out_dir=out", "--prompt_len=0"),
+        ("bench.py", "--mode=sample", "--out_dir=out", "--batch=0"),
+        ("bench.py", "--mode=sample", "--out_dir=out", "--prompt_len=33"),  # block_size is 32
+        ("bench.py", "--mode=sample", "--out_dir=out", "--runs=0"),  # was a median of nothing
+        ("bench.py", "--mode=serve", "--serve_url=notaurl")], cwd=tiny_run)
     assert "--prompt_len must be" in assert_one_line_error(bad_len)
     assert "--batch must be" in assert_one_line_error(bad_batch)
+    assert "block size 32" in assert_one_line_error(long_len)
+    assert "--runs must be an integer >= 1" in assert_one_line_error(runs)
+    assert "--serve_url must look like" in assert_one_line_error(url)
 
 
 def test_bench_train_reports_mfu(tmp_path):
