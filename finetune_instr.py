@@ -26,7 +26,7 @@ import torch
 from checkpoint import (CheckpointError, adamw, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         lr_schedule, model_from_checkpoint, pad_batch, pick_device, prepare_out_dir, save_checkpoint,
                         scaled_step, update_average)
-from configurator import configure, fail
+from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from evaluate import ExamplesError, answer_all, load_examples, print_table
 from model import GPT, GPTConfig
 from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, noisy_prompt
@@ -235,9 +235,10 @@ def shuffled_pass():
 
 
 history, best, bad_evals, perm = [], float("inf"), 0, []
+stop = catch_stop_signals()  # Ctrl-C / kill: finish the step, evaluate and save, then stop (as train.py does)
 t0 = time.time()
 for it in range(max_iters + 1):
-    if it % eval_interval == 0 or it == max_iters:
+    if it % eval_interval == 0 or it == max_iters or stop["signal"]:
         vl = val_loss() if val_set else float("nan")
         history.append({"iter": it, "val_loss": vl, "elapsed_s": round(time.time() - t0, 2)})
         print(f"iter {it}/{max_iters} | val loss {vl:.4f} | {time.time() - t0:.0f}s", flush=True)
@@ -249,7 +250,7 @@ for it in range(max_iters + 1):
             if bad_evals >= patience:
                 print(f"early stop: no better val loss in {patience} evaluations")
                 break
-    if it == max_iters:
+    if it == max_iters or stop["signal"]:
         break
     lr = lr_schedule(it, learning_rate, min_lr, warmup_iters, max_iters)  # warmup, then cosine
     for group in optimizer.param_groups:
@@ -273,6 +274,9 @@ if save_path != ckpt_path:
     except OSError as e:
         give_up(f"could not write {ckpt_path}: {e.strerror}")
 print(f"finetuned in {time.time() - t0:.1f}s; best val loss {best:.4f} -> {ckpt_path}")
+if stop["signal"]:
+    print("stopped by a signal: the best checkpoint so far is saved; no held-out evaluation")
+    raise SystemExit(stop_exit_code(stop))
 
 # evaluate the best checkpoint on the held-out prompts
 if test_data:
