@@ -672,6 +672,9 @@ def no_checkpoint_page(root, skipped, error=None):
                "En Docker: `--build-arg TRAIN_DEMO=1` o monta `out-instr` como volumen.")
     if skipped:
         st.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
+    if find_checkpoints(root, want="cls")[0]:  # a classifier needs no chat model: its tab still works
+        st.subheader(":material/label: Clasificar")
+        classify_tab()
     st.stop()
 
 

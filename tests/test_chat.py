@@ -179,3 +179,17 @@ def test_app_drops_a_system_prompt_the_model_cannot_read_and_refuses_nan_classif
     at.button(key="cls_go").click().run()
     assert not at.exception and any("No se pudo clasificar" in e.value for e in at.error)
     assert "cls_result" not in at.session_state
+
+
+def test_app_classifies_without_an_instruction_model(chat_root, monkeypatch, tmp_path):
+    """Only a classifier under the root: the page says no chat model was found, and still classifies."""
+    import shutil
+    from streamlit.testing.v1 import AppTest
+    shutil.copytree(chat_root / "out-cls", tmp_path / "out-cls")
+    monkeypatch.setenv("LLMFS_OUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("LLMFS_DEVICE", "cpu")
+    at = AppTest.from_file(os.path.join(ROOT, "app.py"), default_timeout=60).run()
+    assert "No encontré" in at.warning[0].value and len(at.chat_input) == 0
+    at.text_area(key="cls_text").input("El producto llegó roto y nadie responde.").run()
+    at.button(key="cls_go").click().run()
+    assert not at.exception and at.session_state["cls_result"]["checkpoint"] == "out-cls"
