@@ -35,14 +35,14 @@ demo: .venv/.installed
 backbone: .venv/.installed
 	$(PY) prepare.py
 	$(PY) train.py config/pretrain_backbone.py --overwrite=True
-	$(PY) checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
+	$(PY) checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256 --overwrite=True
 
 # the shipped BPE backbone pretrained/es-bpe2048-4x128/ that the demo's instruction finetune starts
 # from: the 4x128 model of config/pretrain_char.py trained 5,400 steps (about 27 minutes on 2 CPU cores)
 backbone-bpe: .venv/.installed
 	$(PY) prepare.py --tokenizer=bpe --vocab_size=2048
 	$(PY) train.py config/pretrain_char.py config/pretrain_backbone_bpe.py --overwrite=True
-	$(PY) checkpoint.py --src=out-backbone-bpe --dst=pretrained/es-bpe2048-4x128
+	$(PY) checkpoint.py --src=out-backbone-bpe --dst=pretrained/es-bpe2048-4x128 --overwrite=True
 
 # two pytest workers (pytest-xdist), one torch thread each (two 2-thread torch jobs on 2 cores slow each
 # other down); the scripts the tests run start from a fork server that imported torch once (tests/zygote.py)

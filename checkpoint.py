@@ -150,11 +150,13 @@ def load_checkpoint(path, kinds=("pretrain", "instr", "cls"), quantized=True):
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path} (train one first, e.g. python train.py)")
     try:
-        with warnings.catch_warnings():  # a damaged file makes torch warn before it fails: one message is enough
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
-    except OSError as e:  # the file is there but cannot be read: say why (permission, I/O error)
+        f = open(path, "rb")
+    except OSError as e:  # the file is there but cannot be opened: say why (permission, ...)
         raise CheckpointError(f"cannot read {path}: {reason_of(e)}")
+    try:  # anything torch.load raises is the content's fault (a truncated zip gives OSError "Invalid argument")
+        with f, warnings.catch_warnings():  # a damaged file makes torch warn before it fails: one message is enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)  # never runs code from the file
     except Exception as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {type(e).__name__}")
     if (not isinstance(ckpt, dict) or any(k not in ckpt for k in ("kind", "model_args", "model"))
@@ -206,10 +208,15 @@ def export_weights(src, dst, dtype="bfloat16"):
 
 if __name__ == "__main__":  # python checkpoint.py --src=out-backbone --dst=pretrained/es-char-6x256
     from configurator import configure, fail
-    g = {"src": "out-backbone", "dst": "", "dtype": "bfloat16"}
+    g = {"src": "out-backbone", "dst": "", "dtype": "bfloat16", "overwrite": False}
     configure(g)
     if not g["dst"] or g["dtype"] not in ("bfloat16", "float16", "float32"):
-        fail("usage: python checkpoint.py --src=OUT_DIR --dst=FOLDER [--dtype=bfloat16|float16|float32]")
+        fail("usage: python checkpoint.py --src=OUT_DIR --dst=FOLDER [--dtype=bfloat16|float16|float32] "
+             "[--overwrite=True]")
+    if os.path.abspath(g["dst"]) == os.path.abspath(g["src"]):
+        fail("--dst must differ from --src: the source (with its optimizer state) is kept")
+    if os.path.exists(os.path.join(g["dst"], "ckpt.pt")) and not g["overwrite"]:
+        fail(f"{g['dst']}/ckpt.pt already exists; use --overwrite=True to replace it, or another --dst")
     try:
         size = export_weights(g["src"], g["dst"], g["dtype"])
     except CheckpointError as e:

@@ -21,9 +21,11 @@ jsonl_objects() and catch_stop_signals().
 import ast
 import difflib
 import json
+import numbers
 import os
 import signal
 import sys
+import types
 
 _SIMPLE = (bool, int, float, str, tuple, list, dict, type(None))
 # the keys the last configure() call set from config files or flags (train.py's resume checks them
@@ -105,10 +107,20 @@ def read_config_file(path):
     try:
         with open(path, encoding="utf-8") as f:
             exec(compile(f.read(), path, "exec"), scope)  # config files are code the user wrote
-    except Exception as e:  # a broken config file is a user error, not a crash
+    except (Exception, SystemExit) as e:  # a broken config file is a user error, not a crash (nor a silent exit)
         fail(f"could not run config file {path}: {type(e).__name__}: {e}", 2)
-    # skip imports, helpers and __builtins__
-    return {k: v for k, v in scope.items() if not k.startswith("_") and isinstance(v, _SIMPLE)}
+    values = {}
+    for k, v in scope.items():
+        if k.startswith("_") or isinstance(v, types.ModuleType) or callable(v):
+            continue  # __builtins__, imports and helpers (functions, classes)
+        if isinstance(v, os.PathLike):  # out_dir = Path("runs") / "a": the path it names
+            v = os.fspath(v)
+        elif isinstance(v, numbers.Number) and not isinstance(v, _SIMPLE):  # numpy.int64(20), numpy.float32(...)
+            v = int(v) if isinstance(v, numbers.Integral) else float(v)
+        if not isinstance(v, _SIMPLE):
+            fail(f"config file {path} sets {k} to a {type(v).__name__}; use a number, string, bool or list", 2)
+        values[k] = v
+    return values
 
 
 def configure(g, argv=None):

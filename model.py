@@ -35,6 +35,18 @@ class GPTConfig:
     qk_norm: bool = False     # RMS-normalize queries and keys per head (steadier at high learning rates)
     tie_weights: bool = True  # the output layer reuses the token embedding table
 
+    def __post_init__(self):  # a mistyped option is an error here, not a quietly different model
+        for key, allowed in (("pos", ("learned", "rope")), ("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "relu2"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be '{allowed[0]}' or '{allowed[1]}', got '{getattr(self, key)}'")
+        if min(self.n_layer, self.n_head, self.n_embd, self.vocab_size, self.block_size) < 1 or self.n_embd % self.n_head:
+            raise ValueError(f"n_layer, n_head, n_embd, block_size must be >= 1 and n_embd ({self.n_embd}) divisible "
+                             f"by n_head ({self.n_head})")
+        if self.pos == "rope" and self.n_embd // self.n_head % 2:
+            raise ValueError("rope rotates pairs of channels: the head size n_embd / n_head must be even")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be >= 0 and < 1, got {self.dropout}")
+
 
 def make_norm(cfg):
     return nn.RMSNorm(cfg.n_embd) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -52,7 +64,6 @@ def rope(x, cos, sin):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head, self.n_embd, self.dropout, self.block_size = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.block_size
         self.use_sdpa, self.qk_norm = cfg.use_sdpa, cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul

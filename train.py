@@ -103,6 +103,16 @@ if time_budget < 0 or (time_budget and ddp):
          f"clock), got {time_budget}" + (" under torchrun" if ddp else ""))
 if not 0 <= ema < 1:
     fail(f"ema must be >= 0 and < 1 (the average's decay per step, e.g. 0.995; 0 = off), got {ema}")
+# the settings a run divides by, counts with, or hands to the optimizer: one line each when out of range
+for key in ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+    if globals()[key] < 1:
+        fail(f"{key} must be >= 1, got {globals()[key]}")
+if not (learning_rate > 0 and min_lr >= 0 and muon_lr >= 0 and weight_decay >= 0 and max_seconds >= 0):
+    fail("learning_rate must be > 0; min_lr, muon_lr, weight_decay and max_seconds >= 0")
+if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+    fail(f"beta1 and beta2 must be >= 0 and < 1, got {beta1} and {beta2}")
+if not 0 <= seed < 2 ** 40:  # each micro-batch's seed is seed * 1_000_003 + k: it must fit in 64 bits
+    fail(f"seed must be an integer from 0 to 2**40, got {seed}")
 if ddp:
     from torch.distributed import destroy_process_group, init_process_group
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -135,6 +145,7 @@ if not os.path.isfile(os.path.join(data_dir, "meta.json")):
 try:
     with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
         meta = json.load(f)
+    assert isinstance(meta, dict)
     tok = load_tokenizer(meta)  # characters or BPE merges, as prepare.py wrote them
     tok_state = tok.state()  # saved in every checkpoint, so sample/app need no data folder
     bin_dtype = np.dtype(meta.get("dtype", "uint16"))  # uint16 while the vocabulary fits, else uint32
@@ -148,6 +159,8 @@ def open_split(split):
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         fail(f"{path} is missing (run prepare.py again)")
+    if os.path.getsize(path) == 0:
+        fail(f"{path} is empty: the corpus is too short to split (use more text)")
     if os.path.getsize(path) != meta.get(f"{split}_tokens", -1) * bin_dtype.itemsize:
         fail(f"{path} has {os.path.getsize(path)} bytes, but meta.json says {meta.get(f'{split}_tokens')} tokens "
              f"of {bin_dtype.itemsize} bytes: the files do not belong together (run prepare.py again)")
@@ -179,9 +192,10 @@ model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n
 ckpt_path, last_path = os.path.join(out_dir, "ckpt.pt"), os.path.join(out_dir, "last.pt")
 iter_num, best_val_loss, history, resumed = 0, float("inf"), [], None
 if init_from == "scratch":
-    if master and os.path.exists(ckpt_path) and not overwrite:
-        fail(f"{ckpt_path} already exists; use --init_from=resume to continue it, "
-             f"--overwrite=True to replace it, or another --out_dir")
+    # last.pt alone is a run too (killed between its two writes at the first evaluation)
+    if master and not overwrite and (os.path.exists(ckpt_path) or os.path.exists(last_path)):
+        fail(f"{ckpt_path if os.path.exists(ckpt_path) else last_path} already exists; use --init_from=resume to "
+             f"continue it, --overwrite=True to replace it, or another --out_dir")
 elif init_from == "resume":
     try:
         resumed = load_checkpoint(last_path if os.path.exists(last_path) else ckpt_path, kinds=("pretrain",), quantized=False)
@@ -200,14 +214,24 @@ elif init_from == "resume":
                      f"architecture comes from the checkpoint (drop the flag, or start a new run in another --out_dir)")
             if master:
                 print(f"note: {key} changed on resume: {ck_value} -> {globals()[key]}")
-    # checkpoints from before use_sdpa left model_args carry it: this run's setting applies
-    model_args = {k: v for k, v in resumed["model_args"].items() if k != "use_sdpa"} | {"dropout": dropout}
+    # checkpoints from before use_sdpa left model_args carry it: this run's setting applies; dropout only
+    # when given (else the checkpoint's)
+    model_args = {k: v for k, v in resumed["model_args"].items() if k != "use_sdpa"}
+    if "dropout" in configurator.given:
+        model_args["dropout"] = dropout
+    if "optimizer" not in resumed:
+        fail(f"{out_dir} holds weights only (no optimizer state: exported by checkpoint.py, or a shipped backbone), "
+             f"which cannot be resumed; start a run from scratch, or finetune it")
     block_size = model_args["block_size"]
     iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
     history = [h for h in resumed.get("history", []) if h["iter"] <= iter_num]
 else:
     fail(f"init_from must be 'scratch' or 'resume', got '{init_from}'")
 
+try:  # a bad architecture flag (an unknown --norm, n_embd not divisible by n_head, ...): one line, before any file
+    GPTConfig(**model_args)
+except ValueError as e:
+    fail(e)
 if min(len(train_data), len(val_data)) <= block_size:
     fail(f"corpus too short for block_size={block_size}: train has {len(train_data)} tokens, "
          f"val {len(val_data)}; use more text or a smaller --block_size")
@@ -426,6 +450,8 @@ while True:
         history.append({"iter": iter_num, "loss": last_loss, "lr": lr, "tokens_per_s": round(tok_s)})
         write_log(append=history[-1])
 
+if master and not ddp and not os.path.exists(ckpt_path):  # e.g. a time budget too short for one step and its eval
+    fail(f"no checkpoint was written: the run ended before its first evaluation ({time.time() - t_start:.1f}s)")
 if master:
     print(f"done: best val loss {best_val_loss:.4f} nats/token (~{best_val_loss * bits_per_nat_token:.3f} bits/byte), "
           f"{time.time() - t_start:.1f}s -> {ckpt_path}")

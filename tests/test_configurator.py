@@ -1,4 +1,6 @@
 """configurator.py: config files and --key=value flags, parsed safely, with one-line errors."""
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -57,6 +59,24 @@ def test_configurator_rejects_unknown_key_in_config_file(tmp_path, capsys):
         configure(_cfg(), [str(cfgfile)])
     assert e.value.code == 2 and "learning_rate" in capsys.readouterr().err
 
+
+
+def test_config_file_values_of_other_types_are_converted_or_refused(tmp_path, capsys):
+    """A Path becomes its string and a numpy number a Python one (they used to be dropped silently, so
+    out_dir quietly stayed 'out'); any other object, or a config that calls sys.exit, is one line."""
+    (tmp_path / "p.py").write_text('from pathlib import Path\nimport numpy as np\nout_dir = Path("runs") / "a"\n'
+                                   'batch_size = np.int64(20)\nlearning_rate = np.float32(0.5)\n')
+    g = _cfg()
+    configure(g, [str(tmp_path / "p.py")])
+    assert g["out_dir"] == os.path.join("runs", "a") and g["batch_size"] == 20 and type(g["batch_size"]) is int
+    assert g["learning_rate"] == 0.5 and type(g["learning_rate"]) is float
+    for name, text, fragment in (("s.py", "out_dir = {1, 2}\n", "sets out_dir to a set"),
+                                 ("x.py", "import sys\nsys.exit(0)\n", "SystemExit")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            configure(_cfg(), [str(tmp_path / name)])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and fragment in err and len(err.splitlines()) == 1
 
 
 def test_configurator_records_which_keys_were_given(tmp_path):

@@ -197,11 +197,20 @@ def test_checkpoint_loading_refuses_code_and_keeps_the_reason(tmp_path, monkeypa
         load_checkpoint(str(path))
     assert not (tmp_path / "pwned").exists()
 
-    # a file that cannot be read says why (here a permission error; as root chmod cannot show it)
+    # a file that cannot be opened says why (here a permission error; as root chmod cannot show it)
+    import checkpoint
+
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")
-    monkeypatch.setattr(torch, "load", denied)
+    monkeypatch.setattr(checkpoint, "open", denied, raising=False)
     with pytest.raises(CheckpointError, match="cannot read .*: Permission denied"):
+        load_checkpoint(str(path))
+    monkeypatch.undo()
+    # but an OSError from torch.load is the content's (a truncated zip gives "Invalid argument")
+    def einval(*a, **k):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(torch, "load", einval)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint .truncated or corrupt"):
         load_checkpoint(str(path))
 
 

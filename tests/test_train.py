@@ -227,6 +227,23 @@ def test_vocabulary_mismatch_on_resume_and_bad_flags(tiny_run, tmp_path):
     assert run("prepare.py", "--input=short.txt", "--dataset=short", cwd=tmp_path).returncode == 0
     line = assert_one_line_error(run("train.py", "--dataset=short", "--block_size=64", cwd=tmp_path))
     assert "too short" in line and not (tmp_path / "out").exists()
+    # values out of range, and architecture options that do not exist: one line, no out_dir made
+    data = f"--data_root={tiny_run / 'data'}"
+    bad = [(("--batch_size=0",), "batch_size must be >= 1"), (("--eval_interval=0",), "eval_interval must be >= 1"),
+           (("--gradient_accumulation_steps=0",), "gradient_accumulation_steps must be >= 1"),
+           (("--learning_rate=-1",), "learning_rate must be > 0"), (("--beta2=1.5",), "beta1 and beta2"),
+           (("--seed=100000000000000",), "seed must be"), (("--n_head=3",), "divisible by n_head"),
+           (("--norm=rms_norm",), "norm must be 'layernorm' or 'rmsnorm'"), (("--dropout=1.5",), "dropout must be"),
+           (("--pos=rope", "--n_embd=6", "--n_head=2"), "head size n_embd / n_head must be even")]
+    for p, (flags, fragment) in zip(run_many([("train.py", TINY, data, "--dataset=tiny", "--out_dir=never", *flags)
+                                              for flags, _ in bad], cwd=tmp_path), bad):
+        assert fragment in assert_one_line_error(p), (flags, p.stderr)
+    assert not (tmp_path / "never").exists()
+    # a last.pt alone (a run killed between its two writes) is not replaced by a scratch run unasked
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "last.pt").write_bytes((tiny_run / "out" / "last.pt").read_bytes())
+    p = run("train.py", TINY, data, "--dataset=tiny", "--out_dir=half", cwd=tmp_path)
+    assert "half/last.pt already exists" in assert_one_line_error(p)
 
 
 def test_export_weights_is_small_bf16_and_loads(tiny_run):
@@ -246,6 +263,16 @@ def test_export_weights_is_small_bf16_and_loads(tiny_run):
     with torch.no_grad():
         pa, pb = torch.softmax(a(idx)[0], -1), torch.softmax(b(idx)[0], -1)
     assert next(b.parameters()).dtype == torch.float32 and (pa - pb).abs().max() < 0.05
+    # an export never replaces a checkpoint unasked (nor its own source), and cannot be resumed
+    before = digest(work / "exported")
+    again, same, resume = run_many([("checkpoint.py", "--src=out", "--dst=exported"),
+                                    ("checkpoint.py", "--src=out", "--dst=out"),
+                                    ("train.py", TINY, "--dataset=tiny", "--out_dir=exported", "--init_from=resume")],
+                                   cwd=work)
+    assert "already exists; use --overwrite=True" in assert_one_line_error(again)
+    assert "--dst must differ from --src" in assert_one_line_error(same)
+    assert "holds weights only" in assert_one_line_error(resume)
+    assert digest(work / "exported") == before
 
 
 def test_time_budget_runs_the_schedule_on_the_clock_and_stops_in_time(tiny_run):
