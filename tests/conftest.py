@@ -107,6 +107,19 @@ def run(script, *args, cwd=None, input=None, timeout=240, **kw):
     return subprocess.run(argv, cwd=cwd or ROOT, capture_output=True, text=True, input=input, timeout=timeout, **kw)
 
 
+def interrupt_while_training(script, *args, cwd, sig, after="iter 5/"):
+    """Start a training script, send it sig once it prints a line starting with `after` (it is training),
+    and return (exit code, stdout after that line, stderr)."""
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith(after):
+            break
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
 def run_many(cases, cwd=None, jobs=2, env=None):
     """Run (script, *args) cases two at a time, one on each of 2 cores. One thread each: two 2-thread
     torch processes on 2 cores spin against each other and run several times slower. Returns the

@@ -41,8 +41,8 @@ def test_pre_split_suits_spanish_and_rebuilds_the_text():
     assert "".join(chunks) == text
     # a text without spaces (Chinese, a line of dashes) is cut into chunks of at most 64 characters,
     # so that BPE training never rescans one huge chunk at every merge
-    for run in ("猫" * 150, "-" * 150, "_" * 150, "a" * 150):
-        assert [len(c) for c in re.findall(SPLIT_PATTERN, run)] == [64, 64, 22]
+    for text in ("猫" * 150, "-" * 150, "_" * 150, "a" * 150):
+        assert [len(c) for c in re.findall(SPLIT_PATTERN, text)] == [64, 64, 22]
 
 
 @pytest.fixture(scope="module")

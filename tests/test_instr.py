@@ -1,6 +1,5 @@
 """Instruction tuning: padding and the loss mask, a tiny end-to-end run, sample.py's instruction mode, bad input."""
 import json
-import os
 import re
 
 import torch
@@ -166,23 +165,15 @@ def test_ctrl_c_saves_the_best_so_far_and_exits_cleanly(tmp_path):
     """SIGINT mid-finetune (over an earlier checkpoint): the step ends, the model is evaluated and the best
     checkpoint is moved into place; exit code 130, no traceback, no ckpt.next.pt left."""
     import signal
-    import subprocess
-    import sys
 
-    from conftest import ROOT
+    from conftest import interrupt_while_training
     base = _make_base(tmp_path)
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n"
                                                   for p, r in PAIRS * 4), encoding="utf-8")
     common = [f"--init_from={base}", "--data=train.jsonl", "--test_data=", "--out_dir=sig", "--device=cpu"]
     assert run("finetune_instr.py", *common, "--max_iters=1", cwd=tmp_path).returncode == 0
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "finetune_instr.py"), *common, "--overwrite=True",
-                             "--max_iters=100000", "--eval_interval=5", "--val_fraction=0.25"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # wait until it is training
-        if line.startswith("iter 5/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err and "stopped by a signal" in out, err
+    code, out, err = interrupt_while_training("finetune_instr.py", *common, "--overwrite=True", "--max_iters=100000",
+                                              "--eval_interval=5", "--val_fraction=0.25", cwd=tmp_path, sig=signal.SIGINT)
+    assert code == 130 and "Traceback" not in err and "stopped by a signal" in out, err
     assert sorted(p.name for p in (tmp_path / "sig").iterdir()) == ["ckpt.pt"]
     assert load_checkpoint(str(tmp_path / "sig"), kinds=("instr",))["iter_num"] >= 5

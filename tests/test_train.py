@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from conftest import ROOT, TINY, assert_one_line_error, digest, run, run_many
+from conftest import ROOT, TINY, assert_one_line_error, digest, interrupt_while_training, run, run_many
 
 
 def evals(out_dir):
@@ -92,16 +92,10 @@ def test_ema_evaluates_and_saves_the_average_and_resumes_exactly(tiny_run):
 
 def test_sigterm_saves_and_exits_cleanly(tiny_run):
     w = tiny_run
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), TINY, "--dataset=tiny",
-                             "--out_dir=sig", "--max_iters=100000", "--lr_decay_iters=100000",
-                             "--eval_interval=100000", "--log_interval=1"],
-                            cwd=w, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # wait until it is training
-        if line.startswith("iter 5/"):
-            break
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "Traceback" not in err
+    code, out, err = interrupt_while_training("train.py", TINY, "--dataset=tiny", "--out_dir=sig", "--max_iters=100000",
+                                              "--lr_decay_iters=100000", "--eval_interval=100000", "--log_interval=1",
+                                              cwd=w, sig=signal.SIGTERM)
+    assert code == 143 and "Traceback" not in err
     ck = torch.load(w / "sig" / "last.pt", weights_only=True)
     assert ck["iter_num"] >= 5  # the work done so far was saved although no eval was due
 
