@@ -681,8 +681,6 @@ def no_checkpoint_page(root, skipped, error=None):
 def classify_tab():
     """The 'Clasificar' tab: an out*/ classifier (finetune_cls.py) labels a typed text, with the
     probability of every label."""
-    import altair as alt
-    import pandas as pd
     import streamlit as st
 
     from tokenizer import clean_text
@@ -696,9 +694,13 @@ def classify_tab():
     path = dict(found)[name]
     text = st.text_area("Texto", key="cls_text", max_chars=MAX_PROMPT_CHARS, height=100,
                         placeholder="p. ej. El producto llegó roto y nadie responde.")
-    if not st.button("Clasificar", key="cls_go", icon=":material/label:"):
-        return
+    clicked = st.button("Clasificar", key="cls_go", icon=":material/label:")
     text = clean_text(text or "").strip()
+    last = st.session_state.get("cls_result")
+    if not clicked:  # a rerun for something else (a chat question): the last result stays on screen
+        if last and (last["checkpoint"], last["text"]) == (name, text):
+            show_classification(last["probs"])
+        return
     if not text:
         st.warning("Escribe un texto para clasificar.")
         return
@@ -715,6 +717,17 @@ def classify_tab():
     best = max(range(len(labels)), key=lambda k: probs[k])
     st.session_state["cls_result"] = {"checkpoint": name, "text": text, "label": labels[best],
                                       "probs": dict(zip(labels, probs))}
+    show_classification(st.session_state["cls_result"]["probs"])
+
+
+def show_classification(probs):
+    """The predicted label with its probability, and every label's probability as bars. probs: {label: p}."""
+    import altair as alt
+    import pandas as pd
+    import streamlit as st
+
+    labels, probs = list(probs), list(probs.values())
+    best = max(range(len(labels)), key=lambda k: probs[k])
     st.markdown(f"**{escape_md(labels[best])}** · {probs[best]:.1%}")
     df = pd.DataFrame({"etiqueta": labels, "probabilidad": probs})
     st.altair_chart(alt.Chart(df).mark_bar().encode(

@@ -147,6 +147,9 @@ def test_app_classification_tab(chat_root, monkeypatch):
     ckpt, clf, tok = load_classifier(str(chat_root / "out-cls"), "cpu", cli=False)
     assert classify(clf, tok, ["El producto llegó roto y nadie responde."])[0].tolist() == pytest.approx(
         [r["probs"][k] for k in ckpt["labels"]], abs=1e-5)
+    # a rerun for something else (here the FAQ toggle) keeps the result on screen
+    at.toggle(key="faq").set_value(True).run()
+    assert any(r["label"] in m.value for m in at.markdown if "·" in m.value)
     at.text_area(key="cls_text").input("   ").run()
     at.button(key="cls_go").click().run()
     assert any("Escribe un texto" in w.value for w in at.warning)
