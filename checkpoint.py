@@ -17,7 +17,7 @@ from contextlib import nullcontext
 
 import torch
 
-from fileio import CheckpointError, atomic_write, atomic_write_text, prepare_out_dir, reason_of  # noqa: F401
+from fileio import CheckpointError, Staged, atomic_write, atomic_write_text, prepare_out_dir, reason_of  # noqa: F401
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
@@ -97,17 +97,18 @@ def update_average(avg_model, model, decay):
 def adamw(params, weight_decay, learning_rate, betas, device_type):
     """AdamW over the trainable params, with the kit's weight-decay rule (param_groups); the fused kernel
     on CUDA (one launch for all tensors)."""
-    extra = {"fused": True} if device_type == "cuda" else {}
-    params = [p for p in params if p.requires_grad]
-    return torch.optim.AdamW(param_groups(params, weight_decay), lr=learning_rate, betas=betas, **extra)
+    trainable = [p for p in params if p.requires_grad]
+    # fused=None is AdamW's own default (its foreach kernel on CPU)
+    return torch.optim.AdamW(param_groups(trainable, weight_decay), learning_rate, betas,
+                             fused=True if device_type == "cuda" else None)
 
 
 def param_groups(params, weight_decay, lr=None):
     """The one weight-decay rule of the kit: decay the matrices (matmuls, embeddings), never biases or
     norm gains (decaying a gain towards 0 only fights the normalization). lr, if given, is set per group."""
     params = list(params)
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    matrices, vectors = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     if lr is not None:
         for g in groups:
             g["lr"] = lr
@@ -121,7 +122,8 @@ def lr_schedule(it, learning_rate, min_lr, warmup_iters, decay_iters):
         return (it + 1) * learning_rate / (warmup_iters + 1)
     # how much of the cosine is behind us: 0 at the end of the warmup, 1 from decay_iters on
     done = 1.0 if it > decay_iters else (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (learning_rate - min_lr)  # done = 1: exactly min_lr
+    # the cosine's half period from 1 down to 0 (exactly 0 at done = 1), scaled onto learning_rate .. min_lr
+    return min_lr + (learning_rate - min_lr) * (1.0 + math.cos(math.pi * done)) / 2
 
 
 def pad_batch(seqs, value):

@@ -63,3 +63,36 @@ def prepare_out_dir(out_dir):
             os.remove(tmp)
     except OSError as e:
         raise CheckpointError(f"cannot write to out_dir '{out_dir}': {reason_of(e)}")
+
+
+class Staged:
+    """The files a run writes in out_dir, kept away from an earlier run's files until the run ends:
+
+        files = Staged(out_dir, ["ckpt.pt", "log.jsonl"])
+        save(..., files["ckpt.pt"])   # as often as the run likes
+        files.commit()                # the run ended (finished, early-stopped, Ctrl-C): its files take over
+        files.discard()               # the run failed: its files go, the earlier ones stay whole
+
+    With an earlier ckpt.pt in out_dir the run writes beside it (ckpt.next.pt, log.next.jsonl); without
+    one it writes the real names straight away, and commit/discard have nothing to do."""
+
+    def __init__(self, out_dir, names):
+        self.out_dir = out_dir
+        self.staged = os.path.isfile(os.path.join(out_dir, "ckpt.pt"))
+        self.paths = {n: os.path.join(out_dir, n.replace(".", ".next.", 1) if self.staged else n) for n in names}
+
+    def __getitem__(self, name):
+        return self.paths[name]
+
+    def commit(self):
+        for name, path in self.paths.items():
+            if self.staged and os.path.exists(path):
+                try:
+                    os.replace(path, os.path.join(self.out_dir, name))
+                except OSError as e:
+                    raise CheckpointError(f"could not write {os.path.join(self.out_dir, name)}: {reason_of(e)}")
+
+    def discard(self):
+        for path in self.paths.values():
+            if self.staged and os.path.exists(path):
+                os.remove(path)

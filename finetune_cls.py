@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import (CheckpointError, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+from checkpoint import (CheckpointError, Staged, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         model_from_checkpoint, pad_batch, param_groups, pick_device, prepare_out_dir, resolve_dtype,
                         save_checkpoint, scaled_step)
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
@@ -477,9 +477,10 @@ if __name__ == "__main__":
                 fail(f"{predict_file} holds no text (one text per line)")
         probs = classify(clf, tok, texts, batch_size, device, ctx)  # (N, K), the checkpoint's block_size
         names = ckpt["labels"]
-        n_unk = sum(tok.encode(t).count(tok.unk_id) for t in texts)
+        ids = [tok.encode(t) for t in texts]
+        n_unk = sum(i.count(tok.unk_id) for i in ids)
         if n_unk:  # a guess from unknown characters is worth knowing about (stderr: stdout stays a table)
-            n_all = sum(len(tok.encode(t)) for t in texts)
+            n_all = sum(map(len, ids))
             print(f"note: {n_unk} of {n_all} characters are not in the backbone's vocabulary and read as <unk>",
                   file=sys.stderr)
         if predict is not None:
@@ -601,13 +602,10 @@ if __name__ == "__main__":
 
         # where this run saves: straight into out_dir; or, over an earlier classifier, beside it, moved into
         # place only when the run ends (Ctrl-C included): a run that fails keeps the earlier one whole
-        staged = os.path.isfile(ckpt_path)
-        run_files = {n: os.path.join(out_dir, n.replace(".", ".next.") if staged else n) for n in ("ckpt.pt", "log.jsonl")}
+        run_files = Staged(out_dir, ["ckpt.pt", "log.jsonl"])
 
         def give_up(msg):  # a failed run: its own files go, the earlier ones stay
-            for f in run_files.values():
-                if staged and os.path.exists(f):
-                    os.remove(f)
+            run_files.discard()
             fail(msg)
 
         # training loop; Ctrl-C / kill stop it, and the best checkpoint so far is then scored as usual
@@ -674,12 +672,10 @@ if __name__ == "__main__":
                 give_up(f"the optimizer step failed at iteration {it} ({str(e).splitlines()[0]}); "
                         f"try a lower --learning_rate")
             train_losses.append(loss.item())
-        if staged:  # the run ended (finished, early-stopped or Ctrl-C): its best replaces the earlier one
-            for name, f in run_files.items():
-                try:
-                    os.replace(f, os.path.join(out_dir, name))
-                except OSError as e:
-                    give_up(f"could not write {os.path.join(out_dir, name)}: {e.strerror}")
+        try:  # the run ended (finished, early-stopped or Ctrl-C): its best replaces the earlier one
+            run_files.commit()
+        except CheckpointError as e:
+            give_up(e)
         t_train = time.time() - t_train
         print(f"training {t_train:.1f}s: best val {metric} {best[0]:.3f} at iteration {best_iter} -> {ckpt_path}")
         # the test below reads the saved best checkpoint back, exactly as --eval_only reads it

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from checkpoint import (CheckpointError, adamw, atomic_write_text, autocast, grad_scaler, load_checkpoint,
+from checkpoint import (CheckpointError, Staged, adamw, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         lr_schedule, model_from_checkpoint, pad_batch, pick_device, prepare_out_dir, save_checkpoint,
                         scaled_step, update_average)
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
@@ -115,8 +115,8 @@ if eval_only:
 if os.path.exists(ckpt_path) and not overwrite:
     fail(f"{ckpt_path} already exists; use --overwrite=True to replace it, or another --out_dir")
 # over an existing checkpoint (--overwrite=True) the run saves beside it and moves its best into place only
-# when training ends: a run that fails halfway (a NaN loss, Ctrl-C) leaves the earlier model whole
-save_path = os.path.join(out_dir, "ckpt.next.pt") if os.path.isfile(ckpt_path) else ckpt_path
+# when training ends: a run that fails halfway (a NaN loss) leaves the earlier model whole
+run_files = Staged(out_dir, ["ckpt.pt"])
 examples = read_examples(data)
 if init_from == "scratch":
     texts = [e.prompt + e.response + e.system + "".join(q + a for q, a in e.history) for e in examples] + [BASE_CHARS]
@@ -206,14 +206,14 @@ def save():
     try:
         save_checkpoint({"kind": "instr", "model_args": model_args, "model": avg_model.state_dict(),
                          **tok.state(), "config": config, "iter_num": it, "best_val_loss": best,
-                         "history": history, "pretrain_history": pretrain_history, "base": init_from}, save_path)
+                         "history": history, "pretrain_history": pretrain_history, "base": init_from},
+                        run_files["ckpt.pt"])
     except CheckpointError as e:
         give_up(e)
 
 
 def give_up(msg):  # this run's own file goes; an earlier checkpoint stays as it was
-    if save_path != ckpt_path and os.path.exists(save_path):
-        os.remove(save_path)
+    run_files.discard()
     fail(msg)
 
 
@@ -268,11 +268,10 @@ for it in range(max_iters + 1):
     if avg_model is not model:
         update_average(avg_model, model, ema)  # (checkpoint.py)
     history.append({"iter": it + 1, "loss": loss.item(), "lr": lr})
-if save_path != ckpt_path:
-    try:
-        os.replace(save_path, ckpt_path)
-    except OSError as e:
-        give_up(f"could not write {ckpt_path}: {e.strerror}")
+try:
+    run_files.commit()
+except CheckpointError as e:
+    give_up(e)
 print(f"finetuned in {time.time() - t0:.1f}s; best val loss {best:.4f} -> {ckpt_path}")
 if stop["signal"]:
     print("stopped by a signal: the best checkpoint so far is saved; no held-out evaluation")

@@ -177,14 +177,16 @@ class GPT(nn.Module):
             self.register_buffer("sin", torch.cat([-ang.sin(), ang.sin()], dim=1), persistent=False)
         # GPT-2 init: N(0, 0.02) everywhere, then the two layers of each block that write into the residual
         # stream drawn again 1/sqrt(2 n_layer) smaller, so that the stream's sum of 2 n_layer writes stays small
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, mean=0.0, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-        for block in self.h:
-            for writer in (block.attn.c_proj, block.mlp.c_proj):
-                nn.init.normal_(writer.weight, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        writer_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+        with torch.no_grad():  # in place, module by module (the same draws in the same order for a seed)
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Embedding)):
+                    m.weight.normal_(0.0, 0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    m.bias.zero_()
+            for block in self.h:
+                block.attn.c_proj.weight.normal_(0.0, writer_std)
+                block.mlp.c_proj.weight.normal_(0.0, writer_std)
 
     def num_params(self):  # position embeddings count; a tied lm_head is the same tensor as wte
         n = sum(p.numel() for p in self.parameters())
