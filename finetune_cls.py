@@ -241,8 +241,9 @@ class Classifier(nn.Module):
             for block in backbone.h:
                 block.mlp.record = True
         self.head = nn.Linear(width, n_labels)
-        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)  # the GPT's own init: near-uniform probabilities
-        nn.init.zeros_(self.head.bias)
+        with torch.no_grad():  # drawn like the GPT's own layers: small weights, near-uniform probabilities
+            self.head.weight.normal_(0.0, 0.02)
+            self.head.bias.zero_()
 
     def features(self, idx, lengths, ctx=nullcontext()):
         """(B, T) right-padded ids, (B,) lengths -> (B, C), one vector per text. Attention is causal, so
