@@ -201,10 +201,21 @@ elif init_from == "resume":
         resumed = load_checkpoint(last_path if os.path.exists(last_path) else ckpt_path, kinds=("pretrain",), quantized=False)
     except CheckpointError as e:
         fail(e)
+    if "optimizer" not in resumed:
+        fail(f"{out_dir} holds weights only (no optimizer state: exported by checkpoint.py, or a shipped backbone), "
+             f"which cannot be resumed; start a run from scratch, or finetune it")
     ck_tok = load_tokenizer(resumed)
-    if ck_tok.state() != tok_state:
+    # the same ids for the same text pieces is what resuming needs; BPE's pre-split pattern alone may differ
+    # (prepare.py now caps very long runs of letters: the ids of every token stay what they were)
+    ids_of = lambda state: {k: v for k, v in state.items() if k != "pattern"}
+    if ids_of(ck_tok.state()) != ids_of(tok_state):
+        same_size = ck_tok.kind == tok.kind and len(ck_tok) == len(tok)
         fail(f"the checkpoint's tokenizer ({ck_tok.kind}, {len(ck_tok)} tokens) differs from {data_dir}'s "
-             f"({tok.kind}, {len(tok)}); resume with the data it was trained on")
+             f"({tok.kind}, {len(tok)}{': the same size, other tokens' if same_size else ''}); resume with the data "
+             f"it was trained on")
+    if ck_tok.state() != tok_state and master:
+        print(f"note: {data_dir}'s BPE pre-split pattern differs from the checkpoint's (the same tokens and ids); "
+              f"the data's is saved from here on")
     # the architecture comes from the checkpoint: a flag that contradicts it is an error, not silently
     # ignored. dropout and use_sdpa change no weight: those flags apply (and say so)
     for key, ck_value in resumed["model_args"].items():
@@ -219,9 +230,6 @@ elif init_from == "resume":
     model_args = {k: v for k, v in resumed["model_args"].items() if k != "use_sdpa"}
     if "dropout" in configurator.given:
         model_args["dropout"] = dropout
-    if "optimizer" not in resumed:
-        fail(f"{out_dir} holds weights only (no optimizer state: exported by checkpoint.py, or a shipped backbone), "
-             f"which cannot be resumed; start a run from scratch, or finetune it")
     block_size = model_args["block_size"]
     iter_num, best_val_loss = resumed["iter_num"], resumed["best_val_loss"]
     history = [h for h in resumed.get("history", []) if h["iter"] <= iter_num]

@@ -240,6 +240,35 @@ def test_vocabulary_mismatch_on_resume_and_bad_flags(tiny_run, tmp_path):
     assert "half/last.pt already exists" in assert_one_line_error(p)
 
 
+def test_resume_across_a_bpe_pattern_change_keeps_the_ids(tiny_run, tmp_path):
+    """A BPE checkpoint whose stored pre-split pattern predates prepare.py's current one (the shipped
+    backbone's case) resumes on data with the same merges, with a note; other merges are refused,
+    and a weights-only checkpoint is named as such before any tokenizer check."""
+    p = run("prepare.py", f"--input={tiny_run / 'corpus.txt'}", "--dataset=tb", "--tokenizer=bpe", "--vocab_size=300",
+            f"--data_root={tmp_path / 'data'}")
+    assert p.returncode == 0, p.stderr
+    data = (TINY, f"--data_root={tmp_path / 'data'}", "--dataset=tb", "--max_iters=4", "--eval_interval=2")
+    assert run("train.py", *data, "--out_dir=run", cwd=tmp_path).returncode == 0
+    for f in ("ckpt.pt", "last.pt"):  # the pattern of an older prepare.py: the same merges and ids
+        ck = torch.load(tmp_path / "run" / f, weights_only=True)
+        assert ck["tokenizer"] == "bpe" and "{1,64}" in ck["pattern"]
+        ck["pattern"] = ck["pattern"].replace("{1,64}", "+")
+        torch.save(ck, tmp_path / "run" / f)
+    ok = run("train.py", *data[:-2], "--max_iters=6", "--eval_interval=2", "--out_dir=run", "--init_from=resume",
+             cwd=tmp_path)
+    assert ok.returncode == 0 and "pre-split pattern differs" in ok.stdout, ok.stderr
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["iter_num"] == 6
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    ck["merges"][-1] = [ck["merges"][-1][1], ck["merges"][-1][0]]  # the same number of tokens, the last one another
+    torch.save(ck, tmp_path / "run" / "last.pt")
+    bad = run("train.py", *data, "--out_dir=run", "--init_from=resume", "--max_iters=8", cwd=tmp_path)
+    assert "the same size, other tokens" in assert_one_line_error(bad)
+    del ck["optimizer"]  # and weights only: that is what the user needs to hear first
+    torch.save(ck, tmp_path / "run" / "last.pt")
+    bad = run("train.py", *data, "--out_dir=run", "--init_from=resume", "--max_iters=8", cwd=tmp_path)
+    assert "holds weights only" in assert_one_line_error(bad)
+
+
 def test_export_weights_is_small_bf16_and_loads(tiny_run):
     """checkpoint.py --src --dst: the shipped-backbone format. Weights only, in bf16, loadable with
     weights_only=True by every script, predicting what the full checkpoint predicts (to bf16 precision)."""
