@@ -497,18 +497,29 @@ class Loaded:
     lock: object  # one "Mirar dentro" pass at a time on the shared spy
 
 
+def app_device():
+    """LLMFS_DEVICE (default auto) as a device name. A bad one is a ValueError in the app's own terms:
+    the app has no --device flag."""
+    from checkpoint import pick_device
+    name = os.environ.get("LLMFS_DEVICE", "auto")
+    try:
+        return pick_device(name)
+    except ValueError as e:
+        raise ValueError(f"LLMFS_DEVICE={name!r}: " + str(e).replace("--device=", "LLMFS_DEVICE=")) from None
+
+
 @functools.cache
 def model_caches():
     """(load_model, look_inside) behind Streamlit's caches, made on first use so that `import app`
     imports neither streamlit nor torch."""
     import streamlit as st
 
-    from checkpoint import load_checkpoint, model_from_checkpoint, pick_device
+    from checkpoint import load_checkpoint, model_from_checkpoint
 
     @st.cache_resource(show_spinner="Cargando el modelo…", max_entries=4)
     def load_model(path, mtime_ns):  # once per checkpoint file version, shared by all sessions
         ckpt = load_checkpoint(path, kinds=("instr",))
-        device = pick_device(os.environ.get("LLMFS_DEVICE", "auto"))
+        device = app_device()
         model, tok = model_from_checkpoint(ckpt, device)
         meta = {k: v for k, v in ckpt.items() if k != "model"}
         meta.update(n_params=model.num_params(), device=device, file_mb=os.path.getsize(path) / 1e6)
@@ -614,6 +625,11 @@ def sidebar():
     choice = sb.selectbox("Modelo (checkpoint)", [n for n, _ in found], key="ckpt",
                           help="Carpetas `out*/` con un checkpoint de instrucciones (finetune_instr.py).")
     path = dict(found)[choice]
+    try:
+        app_device()
+    except ValueError as e:  # the setting's fault, not the checkpoint's: no "train one first" page
+        st.error(f"No se pudo cargar el modelo: {e}")
+        st.stop()
     load_model, _ = model_caches()
     try:
         res = load_model(path, os.stat(path).st_mtime_ns)

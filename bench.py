@@ -28,7 +28,9 @@ import time
 
 import torch
 
-from checkpoint import CheckpointError, adamw, autocast, load_checkpoint, model_from_checkpoint, pick_device
+import configurator
+from checkpoint import (CheckpointError, adamw, autocast, load_checkpoint, model_from_checkpoint, pick_device,
+                        resolve_dtype)
 from configurator import configure, fail, read_config_file
 from model import GPT, GPTConfig
 
@@ -85,9 +87,11 @@ seed = 1337
 configure(globals())
 try:
     device = pick_device(device)
-    autocast(device, dtype)  # an unknown dtype is one line here, not later inside a benchmark
+    dtype = resolve_dtype(device, dtype)  # an unknown dtype is one line here, not later inside a benchmark
 except ValueError as e:
     fail(e)
+if "dtype" in configurator.given and mode != "train":  # the other modes run what their configs/checkpoints say
+    fail(f"--dtype applies to --mode=train only (--mode={mode} runs each model in its own precision)")
 # counts a benchmark divides by or takes a median of: at least 1
 for name in ("iters", "runs", "max_new_tokens", "seeds", "clients", "requests", "choices", "prepare_mb", "nanogpt_iters"):
     if not isinstance(globals()[name], int) or globals()[name] < 1:
@@ -151,7 +155,7 @@ def bench_train():
     # training FLOPs per token: 6 per weight (forward + backward) + attention scores and values
     n_weights = model.num_params() - (model.wpe.weight.numel() if model.wpe is not None else 0)
     flops_tok = 6 * n_weights + 12 * args["n_layer"] * T * args["n_embd"]
-    peak = matmul_peak(torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+    peak = matmul_peak(getattr(torch, dtype))  # the peak of the precision the matmuls run in
     tok_s = B * T / dt
     print(f"config {config}: {model.num_params():,} parameters, batch {B} x {T}, {dtype} on {device}, "
           f"attention {'fused (sdpa)' if args['use_sdpa'] else 'explicit'}")

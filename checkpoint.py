@@ -25,12 +25,16 @@ from tokenizer import load_tokenizer
 def pick_device(name="auto"):
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    kind, _, index = name.partition(":")  # "cuda:1": a GPU by number
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise ValueError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but no CUDA GPU is available (use --device=cpu)")
-    if name == "mps" and not torch.backends.mps.is_available():
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"no CUDA device {index}: this machine has {torch.cuda.device_count()} (cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1})")
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' asked for, but no Apple GPU is available (use --device=cpu)")
-    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"unknown device '{name}' (use auto, cpu, cuda or mps)")
     return name
 
 
@@ -49,7 +53,9 @@ def cpu_has_fast_bf16():
 def resolve_dtype(device, dtype):
     """'auto' = bf16 on GPUs that support it, fp32 elsewhere; anything else is checked."""
     if dtype == "auto":
-        return "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+        # native bf16 only (compute capability 8.0+): older GPUs (T4, V100) emulate it, slower than fp32
+        native = device.startswith("cuda") and torch.cuda.is_bf16_supported(including_emulation=False)
+        return "bfloat16" if native else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
     return dtype
@@ -200,7 +206,7 @@ def export_weights(src, dst, dtype="bfloat16"):
     """A small copy of a checkpoint for sharing: the weights in dtype (bf16 halves fp32's size and keeps
     its range; they are turned back into fp32 when loaded), no optimizer or scaler state. dst is an
     out_dir-shaped folder (dst/ckpt.pt) that every script accepts as --init_from / --out_dir."""
-    ckpt = load_checkpoint(src)
+    ckpt = load_checkpoint(src, quantized=False)  # int8/int4 (quantize.py) are already small, and lossy
     small = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler")}
     small["model"] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     prepare_out_dir(dst)

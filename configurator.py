@@ -34,8 +34,11 @@ given = set()
 
 
 def fail(msg, code=1):
-    """Print one clear line on stderr and exit non-zero (no traceback)."""
-    print(f"error: {msg}", file=sys.stderr)
+    """Print one clear line on stderr and exit non-zero (no traceback). Under torchrun every rank says it:
+    the others name themselves, and each line is one write, so two ranks' lines never run together."""
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    sys.stderr.write(f"{'' if rank == '0' else f'[rank {rank}] '}error: {msg}\n")
+    sys.stderr.flush()
     sys.exit(code)
 
 
@@ -123,8 +126,13 @@ def read_config_file(path):
     return values
 
 
-def configure(g, argv=None):
-    """Apply config files and --key=value flags from argv to the dict g (a script's globals())."""
+def configure(g, argv=None, torchrun=False):
+    """Apply config files and --key=value flags from argv to the dict g (a script's globals()).
+    Only a script that says torchrun=True (train.py) may run as several processes: every other one
+    would run whole in each of them, writing the same files."""
+    if argv is None and not torchrun and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
+        fail(f"{os.path.basename(sys.argv[0])} runs as one process: start it with python, not torchrun "
+             f"(train.py is the script that trains on several)")
     argv = sys.argv[1:] if argv is None else argv
     known = [k for k, v in g.items() if not k.startswith("_") and isinstance(v, _SIMPLE)]
     given.clear()

@@ -263,8 +263,8 @@ class GPT(nn.Module):
         step = self.compiled_step or self.next_logits  # the one-token step (compile_decoding)
         newest = idx[:, -1:]  # (B, 1) the token a cached step feeds in: the one written last
         for _ in range(max_new_tokens):
-            if idx.size(1) - start > bs:  # window full: slide by half a block, drop the cache
-                start = idx.size(1) - bs // 2
+            if idx.size(1) - start > bs:  # window full: slide by half a block (keep >= 1 token), drop the cache
+                start = idx.size(1) - max(1, bs // 2)
                 caches = None
             if not use_cache:  # recompute the whole window every step (what the cache saves)
                 logits = self.next_logits(idx[:, start:])

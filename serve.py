@@ -42,7 +42,7 @@ out_dir = "out-instr"  # one or more out dirs, comma-separated
 host = "127.0.0.1"  # localhost only; 0.0.0.0 (every interface) only where a container needs it
 port = 8000
 api_key = ""  # '' = the LLMFS_API_KEY environment variable, if set; then every /v1 call needs it
-device = "cpu"  # auto | cpu | cuda | mps
+device = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
 workers = 2  # generations at once (threads); each gets cores / workers torch threads
 queue_size = 8  # requests that may wait for a worker; beyond that: 429
 max_tokens_limit = 1024  # the most tokens one request may ask for
@@ -301,7 +301,7 @@ def create_app(server, key=""):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": list(server.models), "in_flight": server.in_flight,
+        return {"status": "ok", "models": list(server.models), "device": server.device, "in_flight": server.in_flight,
                 "served": server.served, "cancelled": server.cancelled}
 
     @app.get("/v1/models")
@@ -469,7 +469,7 @@ if __name__ == "__main__":
     except (CheckpointError, ValueError) as e:
         fail(e)
     names = ", ".join(f"{d} ({e['kind']})" for d, e in server.models.items())
-    print(f"serving {names} on http://{host}:{port}/v1"
+    print(f"serving {names} on http://{host}:{port}/v1 ({server.device})"
           + (" (API key required)" if key else ""), flush=True)
     try:
         uvicorn.run(create_app(server, key), host=host, port=port, log_level="warning")

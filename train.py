@@ -89,11 +89,11 @@ time_budget = 0.0  # > 0: the whole run's wall time in seconds (start-up and eve
 # that its final evaluation ends within the budget. Single process only; not reproducible step for step
 target_val_loss = 0.0  # stop at the first evaluation with val loss <= this (bench.py race); 0 = off
 # -----------------------------------------------------------------------------
-config = configure(globals())
+config = configure(globals(), torchrun=True)
 
 # distributed data parallel: torchrun sets RANK/WORLD_SIZE; each rank takes a share of the
 # gradient accumulation steps, so the global batch is the same as in a single process
-ddp = int(os.environ.get("RANK", -1)) != -1
+ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # (a lone RANK from some launcher: one process)
 try:
     device = pick_device(device)
 except ValueError as e:
@@ -228,6 +228,15 @@ elif init_from == "resume":
     # checkpoints from before use_sdpa left model_args carry it: this run's setting applies; dropout only
     # when given (else the checkpoint's)
     model_args = {k: v for k, v in resumed["model_args"].items() if k != "use_sdpa"}
+    # the other settings come from this command, not from the checkpoint: say which ones that changes
+    # (tokens per step, the schedule, the optimizer), so a resume with a forgotten flag is not silent
+    ck_config = resumed.get("config", {})
+    changed = [f"{k} {ck_config[k]} -> {config[k]}" for k in (
+        "batch_size", "gradient_accumulation_steps", "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
+        "weight_decay", "beta1", "beta2", "grad_clip", "muon_lr", "ema", "dtype", "seed")
+        if k in ck_config and ck_config[k] != config[k]]
+    if changed and master:
+        print(f"note: on resume this command's settings apply, and differ from the checkpoint's run: {', '.join(changed)}")
     if "dropout" in configurator.given:
         model_args["dropout"] = dropout
     block_size = model_args["block_size"]
@@ -386,6 +395,10 @@ while True:
     for opt in optimizers:  # Muon's rate follows the same schedule, scaled
         for group in opt.param_groups:
             group["lr"] = lr * (muon_lr / learning_rate if isinstance(opt, Muon) else 1.0)
+    if ddp:  # a signal to any one rank stops them all (a Ctrl-C reaches every rank; a kill may reach one)
+        sig = torch.tensor([float(stop["signal"] or 0)], device=device)
+        torch.distributed.all_reduce(sig, op=torch.distributed.ReduceOp.MAX)
+        stop["signal"] = stop["signal"] or int(sig.item()) or None
     last_step = iter_num >= max_iters or (max_seconds and train_time >= max_seconds) or stop["signal"]
     # stop while there is still time for one more evaluation (as long as the last one took), two steps,
     # and 2 s to write the last checkpoint and leave the interpreter
@@ -412,7 +425,7 @@ while True:
         if target_val_loss and losses["val"] <= target_val_loss:
             print(f"reached target val loss {target_val_loss} at iteration {iter_num}")
             last_step = True
-    if ddp:  # rank 0 decides when to stop (target reached, time budget, signal); every rank follows
+    if ddp:  # rank 0 decides when to stop (target reached, time budget); every rank follows
         flag = torch.tensor([float(bool(last_step))], device=device)
         torch.distributed.broadcast(flag, 0)
         last_step = bool(flag.item())
@@ -429,11 +442,17 @@ while True:
         x, y = random_windows(train_data, batch_gen)
         # with DDP the ranks average their gradients once per step, in the last micro-batch's backward
         only_local = model.no_sync() if ddp and micro < gradient_accumulation_steps - 1 else nullcontext()
-        with only_local:
-            with ctx:
-                _, loss = model(x, y)
-            # the step's gradient is the mean over its micro-batches; the scale is a no-op unless float16
-            scaler.scale(loss / gradient_accumulation_steps).backward()
+        try:
+            with only_local:
+                with ctx:
+                    _, loss = model(x, y)
+                # the step's gradient is the mean over its micro-batches; the scale is a no-op unless float16
+                scaler.scale(loss / gradient_accumulation_steps).backward()
+        except Exception as e:  # --compile builds its kernels in the first step: a compiler that exists but
+            if not (compile and iter_num == start_iter and micro == 0):  # fails (no OpenMP, no Triton) says so here
+                raise
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            fail(f"--compile=True failed in the first step: {why} (run with --compile=False)")
     if not torch.isfinite(loss):
         fail(f"loss became {loss.item()} at iteration {iter_num}; stopped. The last good checkpoint in "
              f"{out_dir}/ is kept. Try a lower --learning_rate or --dtype=float32")

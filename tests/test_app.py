@@ -30,6 +30,19 @@ def at(out_root, monkeypatch):
     return t
 
 
+def test_a_bad_llmfs_device_is_named_as_the_setting_at_fault(out_root, monkeypatch):
+    """LLMFS_DEVICE=gpu (or cuda on a machine without one): the error names the variable, not a --device
+    flag the app does not have, and the 'train one first' steps stay away: the checkpoint is fine."""
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("LLMFS_OUT_ROOT", out_root)
+    monkeypatch.setenv("LLMFS_DEVICE", "gpu")
+    t = AppTest.from_file(APP, default_timeout=60).run()
+    assert not t.exception, [e.value for e in t.exception]
+    errors = [e.value for e in t.error]
+    assert len(errors) == 1 and "LLMFS_DEVICE='gpu': unknown device 'gpu'" in errors[0] and "--device" not in errors[0]
+    assert not any("Entrena uno" in m.value for m in t.markdown)
+
+
 def ask(at, text):
     at.chat_input[0].set_value(text).run()
     assert not at.exception, [e.value for e in at.exception]

@@ -45,10 +45,12 @@ def test_bench_train_reports_mfu(tmp_path):
     # bench times that kernel in the config's precision, and train.py's default (fused) in another
     cfg = tmp_path / "explicit.py"
     cfg.write_text(open(TINY).read() + '\ndtype = "bfloat16"\nuse_sdpa = False\n')
-    p, own, other = run_many([("bench.py", "--mode=train", f"--config={TINY}", "--iters=3"),
-                              ("bench.py", "--mode=train", f"--config={cfg}", "--iters=3", "--dtype=bfloat16"),
-                              ("bench.py", "--mode=train", f"--config={cfg}", "--iters=3", "--dtype=float32")])
-    assert p.returncode == 0, p.stderr
+    p, own, other, unused = run_many([("bench.py", "--mode=train", f"--config={TINY}", "--iters=3", "--dtype=auto"),
+                                      ("bench.py", "--mode=train", f"--config={cfg}", "--iters=3", "--dtype=bfloat16"),
+                                      ("bench.py", "--mode=train", f"--config={cfg}", "--iters=3", "--dtype=float32"),
+                                      ("bench.py", "--mode=sample", "--dtype=bfloat16")])
+    assert p.returncode == 0 and "float32 on cpu" in p.stdout, p.stderr  # auto, resolved (float32 on a CPU)
+    assert "--dtype applies to --mode=train only" in assert_one_line_error(unused)
     assert "tokens/s" in p.stdout and "MFU" in p.stdout and "attention fused (sdpa)" in p.stdout
     assert own.returncode == 0 and "bfloat16 on cpu, attention explicit" in own.stdout, own.stderr
     assert other.returncode == 0 and "float32 on cpu, attention fused (sdpa)" in other.stdout, other.stderr
@@ -116,6 +118,48 @@ def test_ddp_averages_gradients_and_resumes_exactly(tiny_run):
         [h for h in w["ddp"]["history"] if "val_loss" in h][-1]["val_loss"]
     # only rank 0 wrote: one log, and its progress lines are not doubled
     assert full_out.count("iter 20/20") == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the rank's process in /proc (Linux)")
+def test_a_signal_to_one_rank_stops_every_rank_with_a_checkpoint(tiny_run):
+    """A kill that reaches one rank only (rank 1 here; a Ctrl-C reaches all) stops every rank at the same
+    step: rank 0 evaluates and saves, the ranks leave in sync. Before, rank 0 alone decided, so the
+    run went on to max_iters and then reported a failure."""
+    import signal
+    import time
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "train.py"), TINY,
+                             "--dataset=tiny", "--gradient_accumulation_steps=2", "--max_iters=100000",
+                             "--lr_decay_iters=100000", "--out_dir=ddp_sig"], cwd=tiny_run, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("iter 30/"):
+                break
+
+        def rank_1():  # the worker torchrun started with RANK=1
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        ppid = next(int(x.split()[1]) for x in f if x.startswith("PPid:"))
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        environ = f.read().split(b"\0")
+                except (OSError, StopIteration):
+                    continue
+                if ppid == proc.pid and b"RANK=1" in environ:
+                    return int(pid)
+        pid = rank_1()
+        assert pid, "rank 1 not found"
+        t = time.time()
+        os.kill(pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert time.time() - t < 60
+    ck = torch.load(tiny_run / "ddp_sig" / "last.pt", weights_only=True)
+    assert 30 <= ck["iter_num"] < 1000 and ck["history"][-1]["iter"] == ck["iter_num"], ck["iter_num"]
+    assert f"eval {ck['iter_num']}:" in out and "ranks in sync" in out, out[-800:] + err[-800:]
 
 
 def test_bench_prepare_curve_and_resplit(tiny_run, tmp_path):

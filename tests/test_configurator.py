@@ -103,3 +103,27 @@ def test_property_configurator_parses_or_fails_cleanly(key, value):
     assert set(g) == set(before)  # only known keys can be set
     changed = [k for k in g if g[k] != before[k]]
     assert all(before[k] is None or type(g[k]) is type(before[k]) for k in changed)
+
+
+def test_only_train_runs_under_torchrun_and_ranks_name_their_errors(monkeypatch, capsys):
+    """Under torchrun (WORLD_SIZE > 1) every script but train.py refuses in one line: each rank would
+    run it whole and write the same files (two finetunes raced on ckpt.next.pt and one replaced the good
+    checkpoint). A rank other than 0 names itself in its error line."""
+    import sys
+    monkeypatch.setattr(sys, "argv", ["finetune_instr.py", "--max_iters=3"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    g = {"max_iters": 10}
+    with pytest.raises(SystemExit):
+        configure(g)
+    err = capsys.readouterr().err
+    assert err == ("[rank 1] error: finetune_instr.py runs as one process: start it with python, not torchrun "
+                   "(train.py is the script that trains on several)\n")
+    assert configure(g, torchrun=True) == {"max_iters": 3}  # train.py's call
+    assert configure({"max_iters": 10}, []) == {"max_iters": 10}  # imported (tests, bench): no check
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1 is one process
+    assert configure(g) == {"max_iters": 3}
+    monkeypatch.delenv("WORLD_SIZE")  # a lone RANK (some cluster launchers set one): no rank prefix
+    with pytest.raises(SystemExit):
+        configurator.fail("x")
+    assert capsys.readouterr().err == "error: x\n"

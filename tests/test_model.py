@@ -287,3 +287,34 @@ def test_cache_fill_attends_causally_among_its_own_tokens(monkeypatch, use_sdpa)
         assert calls[:6] == [(10, 10, True, True)] * 4 + [(1, 16, False, False)] * 2
     else:
         assert calls == []
+
+
+def test_device_names_and_auto_dtype(monkeypatch):
+    """--device: a GPU's number is checked (mps:0 and cuda:N are one line, not a traceback from
+    model.to); --dtype=auto takes bf16 only where the GPU computes it natively (not emulated on a T4)."""
+    import checkpoint
+    for name, fragment in [("mps:0", "no Apple GPU"), ("cuda:abc", "unknown device"), ("gpu", "unknown device"),
+                           ("", "unknown device")]:
+        if name.startswith("mps") and torch.backends.mps.is_available():
+            continue
+        with pytest.raises(ValueError, match=fragment):
+            checkpoint.pick_device(name)
+    assert checkpoint.pick_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert checkpoint.pick_device("cuda:0") == "cuda:0"
+    with pytest.raises(ValueError, match="no CUDA device 1: this machine has 1"):
+        checkpoint.pick_device("cuda:1")
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or including_emulation)
+    assert checkpoint.resolve_dtype("cuda", "auto") == "float32" and asked == [False]
+    assert checkpoint.resolve_dtype("cpu", "auto") == "float32"
+
+
+def test_a_one_token_block_still_generates():
+    """block_size=1 (a bigram model, a fair lesson) slides its window by one token, not by none."""
+    m = _model(block_size=1)
+    for cache in (True, False):
+        out = m.generate(torch.zeros(1, 1, dtype=torch.long), 5, temperature=0.0, use_cache=cache)
+        assert out.shape == (1, 6)

@@ -72,13 +72,15 @@ def test_quantized_checkpoints_load_everywhere_and_int8_answers_like_float(quant
         assert (q8(x)[0] - ref).abs().max() < 0.05 * ref.abs().max()
         assert (q4(x)[0] - ref).abs().max() < 0.25 * ref.abs().max()
     # the CLI of an inference script, and the refusal of a training script
-    sample, finetune = run_many([
+    sample, finetune, export = run_many([
         ("sample.py", f"--out_dir={quantized / 'q4'}", "--prompt=¿Los gatos son felinos?", "--max_new_tokens=20", "--device=cpu"),
         ("finetune_instr.py", f"--init_from={quantized / 'out-instr-int8'}", f"--out_dir={tmp_path / 'ft'}", "--max_iters=2",
-         "--device=cpu")])
+         "--device=cpu"),
+        ("checkpoint.py", f"--src={quantized / 'q4'}", f"--dst={tmp_path / 'export'}")])  # bf16 of int4 scales: lossy
     assert sample.returncode == 0 and sample.stdout.strip(), sample.stderr
     assert "is quantized (int8): it is for inference only" in assert_one_line_error(finetune)
-    assert not os.path.exists(tmp_path / "ft")
+    assert "is quantized (int4)" in assert_one_line_error(export)
+    assert not os.path.exists(tmp_path / "ft") and not os.path.exists(tmp_path / "export")
 
 
 

@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
 from conftest import PRESETS, ROOT, assert_one_line_error, free_port, run, run_many
 
@@ -251,6 +252,9 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
     assert status == 404 and json.loads(text)["error"]["code"] == "not_found"
     assert "Traceback" not in text
     assert health(server)["status"] == "ok"  # still alive after all of these
+    # --device defaults to auto: the best device here, named in /health (and in the start-up line)
+    assert health(server)["device"] == ("cuda" if torch.cuda.is_available() else "mps" if
+                                        torch.backends.mps.is_available() else "cpu")
 
 
 def test_concurrency_429_and_disconnects_stop_generation(server):

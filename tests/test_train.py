@@ -29,16 +29,24 @@ def test_train_writes_checkpoint_log_and_resumes(tiny_run):
     assert any("val_loss" in r for r in log) and any("tokens_per_s" in r for r in log)
     assert [r["val_loss"] for r in log if "val_loss" in r][-1] < 3.5  # it learned: uniform is ln(128) ~ 4.85
     # resume continues from the saved iteration up to the new max_iters (in a copy: out/ stays as it is)
-    os.makedirs(work / "res", exist_ok=True)
-    for f in ("ckpt.pt", "last.pt", "log.jsonl"):
-        (work / "res" / f).write_bytes((work / "out" / f).read_bytes())
+    for d in ("res", "res2"):
+        os.makedirs(work / d, exist_ok=True)
+        for f in ("ckpt.pt", "last.pt", "log.jsonl"):
+            (work / d / f).write_bytes((work / "out" / f).read_bytes())
     # ... and scratch into a dir holding a checkpoint refuses, and leaves the checkpoint alone
     before = hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest()
-    p, refused = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume", "--max_iters=60",
-                            "--use_sdpa=False"),
-                           ("train.py", TINY, "--dataset=tiny", "--out_dir=out")], cwd=work)
+    p, refused, other = run_many([("train.py", TINY, "--dataset=tiny", "--out_dir=res", "--init_from=resume",
+                                   "--max_iters=60", "--use_sdpa=False"),
+                                  ("train.py", TINY, "--dataset=tiny", "--out_dir=out"),
+                                  ("train.py", TINY, "--dataset=tiny", "--out_dir=res2", "--init_from=resume",
+                                   "--max_iters=42", "--eval_interval=2", "--batch_size=4", "--learning_rate=1e-3")],
+                                 cwd=work)
     assert p.returncode == 0, p.stderr
     assert "resuming from iteration 40" in p.stdout and "attention explicit" in p.stdout
+    assert "note: on resume" not in p.stdout  # max_iters and the attention kernel change no training setting
+    # a resume with other training settings says which (this command's apply)
+    assert other.returncode == 0 and ("differ from the checkpoint's run: batch_size 8 -> 4, learning_rate 0.003 -> "
+                                      "0.001") in other.stdout, other.stdout + other.stderr
     assert torch.load(work / "res" / "last.pt", weights_only=True)["iter_num"] == 60
     assert "already exists" in assert_one_line_error(refused)
     assert hashlib.sha256((work / "out" / "ckpt.pt").read_bytes()).hexdigest() == before
@@ -267,6 +275,18 @@ def test_resume_across_a_bpe_pattern_change_keeps_the_ids(tiny_run, tmp_path):
     torch.save(ck, tmp_path / "run" / "last.pt")
     bad = run("train.py", *data, "--out_dir=run", "--init_from=resume", "--max_iters=8", cwd=tmp_path)
     assert "holds weights only" in assert_one_line_error(bad)
+
+
+def test_compile_with_a_compiler_that_fails_is_one_line_and_keeps_the_checkpoint(tiny_run, tmp_path):
+    """--compile=True where a C++ compiler exists but cannot build (Apple clang without OpenMP, here
+    CXX=/bin/false): one line at the first step, and the checkpoint being resumed is left as it was."""
+    for f in ("ckpt.pt", "last.pt", "log.jsonl"):
+        (tmp_path / f).write_bytes((tiny_run / "out" / f).read_bytes())
+    before = digest(tmp_path)
+    p = run("train.py", TINY, f"--data_root={tiny_run / 'data'}", "--dataset=tiny", f"--out_dir={tmp_path}",
+            "--init_from=resume", "--max_iters=50", "--compile=True", env={**os.environ, "CXX": "/bin/false"})
+    assert "--compile=True failed in the first step" in assert_one_line_error(p)
+    assert digest(tmp_path) == before
 
 
 def test_export_weights_is_small_bf16_and_loads(tiny_run):
