@@ -181,7 +181,7 @@ def race_one(cfg_path, name):
     speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
     return {"config": cfg_path, "time_to_target_s": hit["elapsed_s"] if hit else None,
             "iters_to_target": hit["iter"] if hit else None, "final_val": evals[-1]["val_loss"],
-            "final_iter": evals[-1]["iter"], "best_val_within_budget": min(r["val_loss"] for r in in_budget),
+            "final_iter": evals[-1]["iter"], "best_val_within_budget": min((r["val_loss"] for r in in_budget), default=None),
             "run_wall_s": round(wall, 1), "median_tokens_per_s": statistics.median(speeds) if speeds else 0}
 
 
@@ -194,7 +194,9 @@ def bench_race():
           f"{'tokens/s':>10}{'wall':>8}")
     for r in rows:
         ttt = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] is not None else "not reached"
-        print(f"{r['config']:<32}{ttt:>16}{str(r['iters_to_target'] or '-'):>7}{r['best_val_within_budget']:>19.4f}"
+        best = r["best_val_within_budget"]  # None: no evaluation ended inside the budget
+        print(f"{r['config']:<32}{ttt:>16}{str(r['iters_to_target'] or '-'):>7}"
+              f"{'-' if best is None else f'{best:.4f}':>19}"
               f"{r['final_val']:>11.4f}{r['median_tokens_per_s']:>10,.0f}{r['run_wall_s']:>7.1f}s")
     ta, tb = rows[0]["time_to_target_s"], rows[1]["time_to_target_s"]
     if ta and tb:

@@ -201,7 +201,7 @@ def print_table(results):
     """Correct answers per kind (facts, abstentions, others), the three facts together, and overall."""
     kinds = sorted({r["kind"] for r in results}, key=lambda k: (k == "abstain", k))
     print(f"{'kind':<26}{'n':>5}{'correct':>9}{'accuracy':>10}")
-    rows = [(k or "(no kind)", [r for r in results if r["kind"] == k]) for k in kinds]
+    rows = [(k or "(no kind)", [r for r in results if r["kind"] == k]) for k in kinds if kinds != [""]]  # else: overall
     facts = [r for r in results if r["kind"] in FACT_KEYS]
     if facts:
         rows.append(("facts (3)", facts))

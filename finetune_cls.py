@@ -1,10 +1,10 @@
 """
 Finetune the pretrained GPT as a text classifier (the shipped task: reviews, positivo / negativo).
 
-    python finetune_cls.py config/finetune_cls.py                  # shipped sentiment data, backbone from out/
+    python finetune_cls.py config/finetune_cls.py                  # shipped sentiment data, pretrained/es-char-6x256
     python finetune_cls.py --data=reviews.csv --text_col=review --label_col=stars   # one file: split here
     python finetune_cls.py --freeze=last_n --unfreeze_last=1 --out_dir=out-cls-l1
-    python finetune_cls.py --init_from=scratch --freeze=none       # the control: same network, random weights
+    python finetune_cls.py --init_from=scratch --freeze=none       # the control: out/'s network, random weights
     python finetune_cls.py --eval_only=True --out_dir=out-cls      # the test table of a saved classifier
     python finetune_cls.py --out_dir=out-cls --predict="Me encantó, volveré seguro."
     python finetune_cls.py --out_dir=out-cls --predict_file=reviews.txt    # one text per line

@@ -2,9 +2,9 @@
 Instruction tuning: teach the pretrained GPT to answer prompts, then measure it on prompts it
 never saw.
 
-    python finetune_instr.py config/finetune_instr.py                  # out/ -> out-instr/, then evaluate
+    python finetune_instr.py config/finetune_instr.py                  # pretrained/es-bpe2048-4x128 -> out-instr/, then evaluate
     python finetune_instr.py --eval_only=True --out_dir=out-instr       # evaluate on the held-out file
-    python finetune_instr.py --init_from=scratch --out_dir=out-instr-scratch   # the control
+    python finetune_instr.py config/finetune_instr.py --init_from=scratch --out_dir=out-instr-scratch   # the control
 
 Each example goes through the chat template (tokenizer.encode_chat; special ids inserted by code):
 
@@ -51,7 +51,7 @@ eval_interval = 50
 patience = 6  # stop after this many evaluations without a better val loss
 ema = 0.99  # evaluate and save a moving average of the weights (0 = the last step's weights): it answers
 # new paraphrases better than any single step (see README)
-augment_prob = 0.3  # chance of each prompt noise (lowercase, no accents, no ¿?, a typo); 0 = off
+augment_prob = 0.3  # chance of each prompt noise (case, no accents, no ¿?, a typo); 0 = off
 wrap_prob = 0.0  # chance of wrapping a prompt in small talk that asks nothing ("Hola. ... Gracias."); 0 = off
 bucket = True  # batches of similar length (a batch is padded to its longest example); False = plain shuffle
 max_new_tokens = 120  # answer length limit when evaluating

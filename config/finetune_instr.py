@@ -1,7 +1,7 @@
 # The default instruction finetune of `make demo`: the shipped BPE backbone -> out-instr/, then greedy
 # evaluation on the held-out prompts of test.jsonl and conversations of chat_test.jsonl.
 # pretrained/es-bpe2048-4x128 is the 4x128 model of config/pretrain_char.py trained 27 minutes (`make backbone-bpe`):
-# it reads unusual phrasings better (README, "A backbone that transfers"). --init_from=out finetunes
+# it reads unusual phrasings better (README, "Starting from a longer-trained backbone"). --init_from=out finetunes
 # the model that `make demo` has just pretrained instead.
 init_from = "pretrained/es-bpe2048-4x128"
 # single questions, plus conversations (follow-ups, earlier turns to ignore, system prompts)

@@ -1,7 +1,7 @@
 # The 4x128 pretraining recipe on the shipped Spanish corpus (topic texts, opinions, 14 books): ~230 s
 # on 2 CPU cores. On character data (python prepare.py) it is 1,100 steps, ~4.5M characters, half an
 # epoch: the lesson is the loop, the loss curve and what a small model learns in minutes. `make demo`
-# runs it on BPE data with config/pretrain_bpe.py after it (the same budget in 845 steps).
+# runs it on BPE data with config/pretrain_bpe.py after it (2 layers, a 165-s budget).
 from checkpoint import cpu_has_fast_bf16
 
 out_dir = "out"

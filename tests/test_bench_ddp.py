@@ -59,9 +59,14 @@ def test_bench_train_reports_mfu(tmp_path):
 def test_bench_race_two_configs(tiny_run, tmp_path):
     fast = tmp_path / "fast.py"
     fast.write_text(open(TINY).read() + "\nlearning_rate = 1e-2\neval_train = False\n")
-    p = run("bench.py", "--mode=race", f"--a={TINY}", f"--b={fast}", "--dataset=tiny", "--target=3.0",
-            "--budget=60", f"--race_dir={tmp_path / 'race'}", cwd=tiny_run)
+    p, short = run_many([("bench.py", "--mode=race", f"--a={TINY}", f"--b={fast}", "--dataset=tiny", "--target=3.0",
+                          "--budget=60", f"--race_dir={tmp_path / 'race'}"),
+                         ("bench.py", "--mode=race", f"--a={TINY}", f"--b={fast}", "--dataset=tiny", "--target=3.0",
+                          "--budget=0.01", f"--race_dir={tmp_path / 'short'}")], cwd=tiny_run)
     assert p.returncode == 0, p.stderr
+    # a budget that ends before any evaluation does: '-' in that column, not a traceback
+    assert short.returncode == 0 and all(r["best_val_within_budget"] is None
+                                         for r in json.loads(short.stdout.strip().splitlines()[-1])), short.stderr
     rows = json.loads(p.stdout.strip().splitlines()[-1])
     assert [r["config"] for r in rows] == [TINY, str(fast)]
     assert all(r["final_val"] > 0 for r in rows)

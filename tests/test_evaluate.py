@@ -79,9 +79,12 @@ def test_instruction_files_ours_and_alpaca(out_root, tmp_path):
               {"instruction": "Translate to English", "input": "gato", "output": "cat"}]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca, ensure_ascii=False), encoding="utf-8")
     test = os.path.join(ROOT, "data", "es", "instructions", "test.jsonl")
-    ours, alp = run_many([
+    ours, alp, table = run_many([
         ("evaluate.py", f"--out_dir={out_root}/out-instr", f"--instructions={test}", "--max_examples=20"),
-        ("evaluate.py", f"--out_dir={out_root}/out-instr", f"--instructions={tmp_path}/alpaca.json", "--json=True")])
+        ("evaluate.py", f"--out_dir={out_root}/out-instr", f"--instructions={tmp_path}/alpaca.json", "--json=True"),
+        ("evaluate.py", f"--out_dir={out_root}/out-instr", f"--instructions={tmp_path}/alpaca.json")])
+    # without kinds the table is the overall row alone (no "(no kind)" row repeating it)
+    assert table.returncode == 0 and "\noverall " in table.stdout and "(no kind)" not in table.stdout, table.stdout
     assert ours.returncode == 0, ours.stderr
     assert "bits per byte" in ours.stdout and "exact match after normalization" in ours.stdout
     assert "facts (3)" in ours.stdout and "abstain" in ours.stdout and "expected:" in ours.stdout
