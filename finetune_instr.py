@@ -96,6 +96,10 @@ def evaluate_checkpoint():
     examples = read_examples(test_data)
     if not examples:
         fail(f"no test examples to evaluate (--test_data='{test_data}')")
+    try:
+        prepare_out_dir(out_dir)  # eval_answers.jsonl goes there: say so now, not after the whole evaluation
+    except CheckpointError as e:
+        fail(e)
     t0 = time.time()
     results = answer_all(model, tok, examples, max_new_tokens, ctx)
     print(f"held-out evaluation of {ckpt_path} on {test_data} ({time.time() - t0:.1f}s, greedy, model only):")

@@ -54,6 +54,12 @@ def test_tiny_finetune_memorizes_three_pairs_and_sample_answers(tmp_path):
                           cwd=tmp_path)
     assert one.returncode == 0 and one.stdout.splitlines() == [PAIRS[2][1], f"[raw] <instr>{PAIRS[2][0]}<resp>{PAIRS[2][1]}<eos>"], one.stdout + one.stderr
     assert again.returncode == 0 and "overall" in again.stdout
+    # --eval_only where eval_answers.jsonl cannot be written (no file may grow past 1 byte): one line
+    # before the evaluation runs, not after it
+    import resource
+    full = run("finetune_instr.py", "--eval_only=True", "--out_dir=oi", "--test_data=test.json", cwd=tmp_path,
+               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1)))
+    assert "cannot write to out_dir 'oi'" in assert_one_line_error(full) and "held-out" not in full.stdout
     p = run("sample.py", "--out_dir=oi", cwd=tmp_path, input=f"{PAIRS[0][0]}\n\n{PAIRS[2][0]}\n")
     assert p.returncode == 0 and p.stdout.split("\n")[:2] == [PAIRS[0][1], PAIRS[2][1]]
 
