@@ -164,6 +164,7 @@ def test_chat_files_need_their_context_and_share_nothing_with_training():
     spec.loader.exec_module(make_chat)
     import random
     assert make_chat.build("test", random.Random(2)) == chat_test
+    assert make_chat.build("train", random.Random(1)) == chat_train
 
 
 def test_shipped_bpe_backbone_is_the_demo_model_trained_longer():
