@@ -159,13 +159,15 @@ def normalize(text):
 def is_correct(kind, answer, expected):
     """The shipped kinds are judged by key words (any wording that names the right fact, and no other
     fact, counts); everything else by exact match after normalization. A kind may carry a group
-    before a slash (followup/fact:gato, context/abstain): the part after it is judged."""
+    before a slash (followup/fact:gato, context/abstain): the part after it is judged. Key words judge
+    only answers whose expected text has them: another data set's "abstain" ("I don't know.") or
+    "fact:perro" is matched exactly."""
     kind = kind.split("/")[-1]
-    a = strip_accents(answer.lower())
+    a, e = strip_accents(answer.lower()), strip_accents(expected.lower())
     hits = {k for k, words in FACT_KEYS.items() if any(w in a for w in words)}
-    if kind in FACT_KEYS:  # its own key words, and none of the other facts'
+    if kind in FACT_KEYS and any(w in e for w in FACT_KEYS[kind]):  # its own key words, none of the others'
         return hits == {kind}
-    if kind == "abstain":
+    if kind == "abstain" and "no lo se" in e:
         return "no lo se" in a and not hits
     return normalize(answer) == normalize(expected)
 

@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from checkpoint import (CheckpointError, Staged, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         model_from_checkpoint, pad_batch, param_groups, pick_device, prepare_out_dir, resolve_dtype,
                         save_checkpoint, scaled_step)
+import configurator
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
+from corpus import CorpusError, detect_encoding
 from model import GPT, GPTConfig
 from tfidf import tfidf_baseline
 from tokenizer import clean_text, load_tokenizer
@@ -107,11 +109,16 @@ def read_table(path, text_col, label_col):
     ext = os.path.splitext(path)[1].lower()
     if ext not in EXTS:
         fail(f"{path}: unsupported file type '{ext}' (use .tsv, .csv or .jsonl)")
-    try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: drops the byte-order mark some editors write
+    try:  # read as prepare.py reads text: UTF-8 (with or without a byte-order mark), UTF-16, or else the
+        codec, why = detect_encoding(path)  # declared or the cp1252 fallback (spreadsheets export those)
+        with open(path, encoding="utf-8-sig" if codec == "utf-8" else codec) as f:  # -sig: drops a BOM
             raw = f.read()
-    except UnicodeDecodeError as e:
-        fail(f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it to UTF-8 first")
+    except CorpusError as e:
+        fail(e)
+    except (OSError, UnicodeError) as e:
+        fail(f"cannot read {path} as {codec} text: {e}")
+    if codec not in ("utf-8", "utf-8-sig"):
+        print(f"note: {path}: read as {codec} ({why})")
     if not raw.strip():
         fail(f"{path} is empty")
     if ext == ".jsonl":
@@ -127,6 +134,13 @@ def read_table(path, text_col, label_col):
                                 quoting=csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL)
         columns = [c for c in reader.fieldnames or [] if c is not None]
         rows = [(reader.line_num, row) for row in reader]
+        # more fields than the header: an unquoted comma in a .csv text (a tab in a .tsv one) would make
+        # the rest of the text the label, one new label per such row
+        extra = [n for n, row in rows if None in row]
+        if extra:
+            sep = "a comma (write such texts in double quotes)" if ext == ".csv" else "a tab"
+            fail(f"{path}: more fields than the header's {len(columns)} on {len(extra)} line(s): "
+                 f"{', '.join(map(str, extra[:5]))}{' …' if len(extra) > 5 else ''}. A text holding {sep}?")
     for col, flag in ((text_col, "text_col"), (label_col, "label_col")):
         if col not in columns:
             fail(f"{path} has no column '{col}' (columns found: {', '.join(map(str, columns)) or 'none'}); "
@@ -497,6 +511,17 @@ if __name__ == "__main__":
     # --eval_only=True: out_dir's classifier and the test split; or training --
     if eval_only:
         ckpt, clf, tok = load_classifier(out_dir, device)
+        # the test split the classifier was trained beside: its run's data and split settings, unless given
+        # here (a different seed or fraction would draw another split of a single file, training texts included)
+        trained = ckpt.get("config", {})
+        taken = {k: trained[k] for k in ("data", "text_col", "label_col", "val_fraction", "test_fraction", "seed",
+                                         "train_labels") if k in trained and k not in configurator.given}
+        if any(globals()[k] != v for k, v in taken.items()):
+            print("--eval_only: as the classifier's run read it: " + ", ".join(f"{k}={v}" for k, v in taken.items()
+                                                                              if globals()[k] != v))
+        data, text_col, label_col, val_fraction, test_fraction, seed, train_labels = (
+            taken.get(k, globals()[k]) for k in ("data", "text_col", "label_col", "val_fraction", "test_fraction",
+                                                 "seed", "train_labels"))
         # the train split too, if there is one: the TF-IDF line below is fitted on it
         has_train = not os.path.isdir(data) or any(os.path.isfile(os.path.join(data, "train" + e)) for e in EXTS)
         splits = load_data(data, text_col, label_col, val_fraction, test_fraction, seed,

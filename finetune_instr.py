@@ -26,6 +26,7 @@ import torch
 from checkpoint import (CheckpointError, Staged, adamw, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         lr_schedule, model_from_checkpoint, pad_batch, pick_device, prepare_out_dir, save_checkpoint,
                         scaled_step, update_average)
+import configurator
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from evaluate import ExamplesError, answer_all, load_examples, print_table
 from model import GPT, GPTConfig
@@ -88,11 +89,18 @@ def read_examples(paths):
 
 
 def evaluate_checkpoint():
-    """Greedy answers of out_dir's checkpoint on test_data: a table, and every answer in a JSONL."""
+    """Greedy answers of out_dir's checkpoint on test_data: a table, and every answer in a JSONL. Without
+    --test_data, --eval_only scores the held-out data of the checkpoint's own run."""
+    global test_data
     try:
-        model, tok = model_from_checkpoint(load_checkpoint(out_dir, kinds=("instr",)), device)
+        ckpt = load_checkpoint(out_dir, kinds=("instr",))
+        model, tok = model_from_checkpoint(ckpt, device)
     except CheckpointError as e:
         fail(e)
+    trained_on = ckpt.get("config", {}).get("test_data")
+    if eval_only and "test_data" not in configurator.given and trained_on and trained_on != test_data:
+        print(f"--eval_only: the held-out data of the checkpoint's run, {trained_on} (--test_data=... for others)")
+        test_data = trained_on
     examples = read_examples(test_data)
     if not examples:
         fail(f"no test examples to evaluate (--test_data='{test_data}')")

@@ -199,11 +199,13 @@ def test_cli_end_to_end_train_eval_only_predict(env, cli_errors):
     assert all(torch.equal(ckpt["model"][k], v) for k, v in base.items())
 
     (d / "many.txt").write_text("bbbb\n\naaa\n", encoding="utf-8")
-    e, one, many = run_all([["--eval_only=True", "--out_dir=cls_last", "--data=ab.csv", *FAST],
+    # --eval_only without --data: the data (and split settings) of the classifier's own run
+    e, one, many = run_all([["--eval_only=True", "--out_dir=cls_last", *FAST],
                             ["--out_dir=cls_last", "--predict=aaaaaaa", *FAST],
                             ["--out_dir=cls_last", "--predict_file=many.txt", *FAST]], d, jobs=3)
     assert e.returncode == 0, e.stderr
     assert parse_scores(e.stdout) == (acc, f1)  # the same split (same seed), the same saved model
+    assert "--eval_only: as the classifier's run read it: data=ab.csv" in e.stdout
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()
     assert lines[0] == "zeta"  # 'a' texts were labelled zeta: id 1 maps back to its name
@@ -216,7 +218,7 @@ def test_cli_end_to_end_train_eval_only_predict(env, cli_errors):
     assert [r[0] for r in rows[1:]] == ["alfa", "zeta"] and [r[3] for r in rows[1:]] == ["bbbb", "aaa"]
 
 
-def test_read_table_formats_and_split(tmp_path):
+def test_read_table_formats_and_split(tmp_path, capsys):
     """.csv (with a byte-order mark), .jsonl (numbers as labels), rows with empty texts skipped; one file
     is split stratified and seeded."""
     csv_path = tmp_path / "a.csv"
@@ -234,6 +236,17 @@ def test_read_table_formats_and_split(tmp_path):
     jl.write_text('{"t": "uno", "y": "poli\u0301tica"}\n{"t": "dos", "y": "pol\u00edtica"}\n'
                   '{"t": "tres", "y": 1}\n{"t": "cuatro", "y": 1.0}\n{"t": "cinco", "y": true}\n', encoding="utf-8")
     assert fc.read_table(str(jl), "t", "y")[1] == ["política", "política", "1", "1", "true"]
+    # a spreadsheet's cp1252 export is read as prepare.py reads text (with a note), not refused
+    cp = tmp_path / "cp.csv"
+    cp.write_bytes("text,label\n\u201cMuy rico\u201d dijo José,pos\n".encode("cp1252"))
+    assert fc.read_table(str(cp), "text", "label") == (["\u201cMuy rico\u201d dijo José"], ["pos"])
+    # an unquoted comma in a .csv text (a tab in a .tsv one) would make the rest of the text a label: refused
+    for name, body in (("u.csv", "text,label\nbien,pos\nfrío, y sin sal,neg\nmal,neg\n"),
+                       ("u.tsv", "text\tlabel\nbien\tpos\nfrío\ty sin sal\tneg\n")):
+        (tmp_path / name).write_text(body, encoding="utf-8")
+        with pytest.raises(SystemExit):
+            fc.read_table(str(tmp_path / name), "text", "label")
+        assert "more fields than the header's 2 on 1 line(s): 3." in capsys.readouterr().err
     texts, labels = zip(*ab_rows(200, seed=1))
     a = fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=7)
     assert a == fc.stratified_split(list(texts), list(labels), 0.1, 0.2, seed=7)

@@ -49,6 +49,20 @@ def test_normalize_for_exact_match():
     assert normalize("Niño.") != normalize("nino")  # ñ is a letter of its own
 
 
+def test_kinds_are_judged_by_key_words_only_where_the_expected_answer_has_them():
+    """The shipped kinds accept any wording that names the right fact; another data set's "abstain" or
+    "fact:perro" (in English, say) is matched exactly, not against Spanish key words."""
+    from evaluate import is_correct
+    perro = "Los perros son caninos: pertenecen a la familia de los cánidos (Canidae)."
+    assert is_correct("fact:perro", "Son cánidos, de la familia Canidae.", perro)
+    assert not is_correct("fact:perro", "Son cánidos y felinos.", perro)
+    assert is_correct("followup/abstain", "No lo sé, de verdad.", "No lo sé. No tengo información sobre eso.")
+    assert is_correct("abstain", "I don't know.", "I don't know.")  # was: never correct (no "no lo se")
+    assert not is_correct("abstain", "No lo sé.", "I don't know.")
+    assert is_correct("fact:perro", "Dogs are canines.", "Dogs are canines.")
+    assert not is_correct("fact:perro", "Los perros son caninos.", "Dogs are canines.")
+
+
 def test_bits_per_byte_from_the_cli(tiny_run):
     work = tiny_run
     text = "El perro es un canino y el gato es un felino. " * 20

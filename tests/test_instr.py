@@ -50,10 +50,10 @@ def test_tiny_finetune_memorizes_three_pairs_and_sample_answers(tmp_path):
     # sample.py: one --prompt with the raw trace, then several questions on stdin; and eval_only
     # gives the same table from the saved checkpoint
     one, again = run_many([("sample.py", "--out_dir=oi", f"--prompt={PAIRS[2][0]}", "--show_raw=True"),
-                           ("finetune_instr.py", "--eval_only=True", "--out_dir=oi", "--test_data=test.json")],
+                           ("finetune_instr.py", "--eval_only=True", "--out_dir=oi")],  # its run's test data
                           cwd=tmp_path)
     assert one.returncode == 0 and one.stdout.splitlines() == [PAIRS[2][1], f"[raw] <instr>{PAIRS[2][0]}<resp>{PAIRS[2][1]}<eos>"], one.stdout + one.stderr
-    assert again.returncode == 0 and "overall" in again.stdout
+    assert again.returncode == 0 and "overall" in again.stdout and "checkpoint's run, test.json" in again.stdout
     # --eval_only where eval_answers.jsonl cannot be written (no file may grow past 1 byte): one line
     # before the evaluation runs, not after it
     import resource
