@@ -53,7 +53,7 @@ patience = 6  # stop after this many evaluations without a better val loss
 ema = 0.99  # evaluate and save a moving average of the weights (0 = the last step's weights): it answers
 # new paraphrases better than any single step (see README)
 augment_prob = 0.3  # chance of each prompt noise (case, no accents, no ¿?, a typo); 0 = off
-wrap_prob = 0.0  # chance of wrapping a prompt in small talk that asks nothing ("Hola. ... Gracias."); 0 = off
+wrap_prob = 0.0  # chance of wrapping a prompt in Spanish small talk that asks nothing ("Hola. ... Gracias."); 0 = off
 bucket = True  # batches of similar length (a batch is padded to its longest example); False = plain shuffle
 max_new_tokens = 120  # answer length limit when evaluating
 # architecture for init_from='scratch' (a pretrained init brings its own): config/pretrain_char.py's
@@ -176,6 +176,14 @@ as_written = [encode(e) for e in examples]  # (x, y, cut) of every example, its 
 truncated = sum(cut > 0 for _, _, cut in as_written)
 if truncated:
     print(f"{truncated} example(s) longer than block_size={block}: prompts truncated from the left")
+# characters the backbone's vocabulary lacks (a character model pretrained on other text) read as <unk>:
+# the model can neither see them in a prompt nor write them in an answer (it writes <unk>, shown as �)
+with_unk = sum(tok.unk_id in x for x, _, _ in as_written)
+if with_unk:
+    texts = (e.system + e.prompt + e.response + "".join(q + a for q, a in e.history) for e in examples)
+    missing = sorted({ch for t in texts for ch in t if tok.encode(ch) == [tok.unk_id]})
+    print(f"note: {with_unk} of {len(examples)} examples hold characters {init_from}'s vocabulary lacks, read as "
+          f"<unk>: {' '.join(missing[:20])}{' …' if len(missing) > 20 else ''}")
 order = list(range(len(examples)))
 random.Random(seed).shuffle(order)
 n_val = max(1, int(len(order) * val_fraction)) if len(order) > 1 else 0
@@ -185,6 +193,8 @@ val_set = sorted((as_written[i][:2] for i in order[:n_val]), key=lambda xy: len(
 train_set = [examples[i] for i in order[n_val:]]
 lengths = [len(as_written[i][0]) for i in order[n_val:]]  # of train_set, for bucket=True
 print(f"{len(train_set)} training / {len(val_set)} validation examples; {model.num_params():,} parameters")
+if wrap_prob > 0:  # tokenizer.OPENERS/CLOSERS are Spanish: other data wants --wrap_prob=0
+    print(f"prompts wrapped in Spanish small talk {wrap_prob:.0%} of the time (--wrap_prob=0 for data in another language)")
 
 
 def collate(batch):

@@ -330,6 +330,10 @@ if ddp:
 if master:
     print(f"{bare_model.num_params():,} parameters | {tokens_per_step:,} tokens per iteration | device {device}, "
           f"{resolve_dtype(device, dtype)}, attention {'fused (sdpa)' if use_sdpa else 'explicit'}")
+    if not time_budget and lr_decay_iters > max_iters:  # a config's schedule, its max_iters cut short by a flag
+        print(f"note: the learning rate decays over lr_decay_iters={lr_decay_iters} steps, but the run stops at "
+              f"max_iters={max_iters}, at {lr_schedule(max_iters - 1, learning_rate, min_lr, warmup_iters, lr_decay_iters):.2e}"
+              f" (min_lr {min_lr:.0e}); pass --lr_decay_iters={max_iters} too to decay within the run")
 
 
 @torch.no_grad()

@@ -81,11 +81,18 @@ def test_malformed_jsonl_reports_line_numbers(tmp_path):
     ck["model_args"]["n_embd"] = 32
     (tmp_path / "misfit").mkdir()
     save_checkpoint(ck, str(tmp_path / "misfit" / "ckpt.pt"))
+    # characters the backbone's vocabulary lacks: trained on as <unk>, and said so
+    (tmp_path / "unk.jsonl").write_text('{"prompt": "¿Cuánto?", "response": "£3 😀"}\n{"prompt": "a", "response": "b"}\n',
+                                        encoding="utf-8")
     common = [f"--init_from={base}", "--data=good.jsonl", "--max_iters=1"]
-    malformed, misfit, unwritable = run_many([
+    malformed, misfit, unwritable, unk = run_many([
         ("finetune_instr.py", f"--init_from={base}", "--data=bad.jsonl", "--out_dir=ob"),
         ("finetune_instr.py", *common, "--init_from=misfit", "--out_dir=om"),
-        ("finetune_instr.py", *common, "--out_dir=afile/out")], cwd=tmp_path)
+        ("finetune_instr.py", *common, "--out_dir=afile/out"),
+        ("finetune_instr.py", *common, "--data=unk.jsonl", "--test_data=", "--out_dir=ou", "--wrap_prob=0.5")],
+        cwd=tmp_path)
+    assert unk.returncode == 0 and "Spanish small talk 50% of the time (--wrap_prob=0 for" in unk.stdout, unk.stderr
+    assert f"note: 1 of 2 examples hold characters {base}'s vocabulary lacks, read as <unk>: £ 😀" in unk.stdout
     assert "line 2, 3" in assert_one_line_error(malformed) and not (tmp_path / "ob").exists()
     assert "do not fit" in assert_one_line_error(misfit) and not (tmp_path / "om").exists()
     assert "cannot write to out_dir" in assert_one_line_error(unwritable)

@@ -44,6 +44,9 @@ def test_train_writes_checkpoint_log_and_resumes(tiny_run):
     assert p.returncode == 0, p.stderr
     assert "resuming from iteration 40" in p.stdout and "attention explicit" in p.stdout
     assert "note: on resume" not in p.stdout  # max_iters and the attention kernel change no training setting
+    # --max_iters=60 past the config's lr_decay_iters=40 is fine; 42 with a schedule of 40 too. A run cut
+    # short of its schedule says so (its rate never decays): the resume to 42 below is not one
+    assert "but the run stops at" not in p.stdout + other.stdout
     # a resume with other training settings says which (this command's apply)
     assert other.returncode == 0 and ("differ from the checkpoint's run: batch_size 8 -> 4, learning_rate 0.003 -> "
                                       "0.001") in other.stdout, other.stdout + other.stderr
@@ -256,7 +259,9 @@ def test_resume_across_a_bpe_pattern_change_keeps_the_ids(tiny_run, tmp_path):
             f"--data_root={tmp_path / 'data'}")
     assert p.returncode == 0, p.stderr
     data = (TINY, f"--data_root={tmp_path / 'data'}", "--dataset=tb", "--max_iters=4", "--eval_interval=2")
-    assert run("train.py", *data, "--out_dir=run", cwd=tmp_path).returncode == 0
+    first = run("train.py", *data, "--out_dir=run", cwd=tmp_path)
+    # (4 steps of a config whose schedule is 40: the run says its rate will not decay)
+    assert first.returncode == 0 and "pass --lr_decay_iters=4 too" in first.stdout, first.stderr
     for f in ("ckpt.pt", "last.pt"):  # the pattern of an older prepare.py: the same merges and ids
         ck = torch.load(tmp_path / "run" / f, weights_only=True)
         assert ck["tokenizer"] == "bpe" and "{1,64}" in ck["pattern"]
