@@ -39,17 +39,19 @@ class CorpusError(Exception):
     """Input that cannot be read as text (one clear message)."""
 
 
-def list_files(path):
-    """The readable files of a file or folder, sorted; other files in a folder are skipped, and so are
-    hidden ones (.name: editor backups, macOS's ._name resource files, .ipynb_checkpoints/ copies) and
-    links that lead nowhere."""
+def list_files(path, skipped=None):
+    """The readable files of a file or folder, sorted; other files in a folder are skipped (and added to
+    the list `skipped`, if given), and so are hidden ones (.name: editor backups, macOS's ._name resource
+    files, .ipynb_checkpoints/ copies) and links that lead nowhere."""
     if os.path.isdir(path):
         found = []
         for root, dirs, names in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # os.walk descends only into these
-            found += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")
-                      and n.lower().removesuffix(".gz").endswith(TEXT_EXTENSIONS)
-                      and os.path.isfile(os.path.join(root, n))]
+            visible = [n for n in sorted(names) if not n.startswith(".") and os.path.isfile(os.path.join(root, n))]
+            found += [os.path.join(root, n) for n in visible if n.lower().removesuffix(".gz").endswith(TEXT_EXTENSIONS)]
+            if skipped is not None:
+                skipped += [os.path.join(root, n) for n in visible
+                            if not n.lower().removesuffix(".gz").endswith(TEXT_EXTENSIONS)]
         if not found:
             raise CorpusError(f"folder {path} holds no .txt, .jsonl or .parquet files (or .gz of them)")
         return found
@@ -135,6 +137,11 @@ def detect_encoding(path, encoding="auto"):
         if head.startswith(bom):
             return name, "byte-order mark"
     if looks_binary(head):
+        # UTF-16 text without a byte-order mark: a NUL in every other byte (ASCII letters' high bytes)
+        even, odd = head[0::2], head[1::2]
+        for zeros, name in ((odd, "utf-16-le"), (even, "utf-16-be")):
+            if len(head) >= 16 and zeros.count(0) > 0.9 * len(zeros) and (even if zeros is odd else odd).count(0) == 0:
+                raise CorpusError(f"{path} looks like UTF-16 text without a byte-order mark: pass --encoding={name}")
         raise CorpusError(f"{path} looks like a binary file, not text")
     if decodes_as(path, "utf-8"):
         return "utf-8", "valid UTF-8"
@@ -185,7 +192,8 @@ class Reader:
     cleaning is the caller's."""
 
     def __init__(self, sources, encoding="auto", strip_gutenberg=True, progress=True, label="reading"):
-        self.paths = [p for s in sources for p in list_files(s)]
+        self.skipped = []  # files of a folder that are not .txt/.jsonl/.parquet (a .csv, a .json, a .pdf)
+        self.paths = [p for s in sources for p in list_files(s, self.skipped)]
         self.encoding, self.strip, self.progress, self.label = encoding, strip_gutenberg, progress, label
         self.files = {}  # path -> {"encoding", "why", "gutenberg"}
         self.summary = ""  # the last pass's throughput line
@@ -281,7 +289,8 @@ class Reader:
             except (ValueError, RecursionError):  # JSONDecodeError, a 5,000-digit number, [[[[...]]]]
                 raise CorpusError(f"{path} line {n}: not valid JSON")
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise CorpusError(f"{path} line {n}: expected an object with a string 'text' field")
+                found = f" (keys found: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, dict) else ""
+                raise CorpusError(f"{path} line {n}: expected an object with a string 'text' field{found}")
             if n % 1000 == 0:
                 tick()
             yield obj["text"]

@@ -149,6 +149,9 @@ except CorpusError as e:
 whole_docs = n_short >= MIN_SHORT_DOCS  # enough short documents for val to get whole ones
 n_val = n_val[whole_docs]
 print(f"{len(reader.paths)} file(s), {reader.total_bytes / 1e6:,.1f} MB; {reader.summary}")
+if reader.skipped:  # read only .txt, .jsonl, .parquet (and .gz of them): say what else the folders held
+    names = ", ".join(os.path.basename(p) for p in reader.skipped[:5]) + (" …" if len(reader.skipped) > 5 else "")
+    print(f"skipped {len(reader.skipped)} file(s) that are not .txt, .jsonl or .parquet: {names}")
 print(reader.describe())
 if not n_chars:
     fail(f"{', '.join(sources)} holds no text")

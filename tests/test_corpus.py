@@ -146,6 +146,16 @@ def test_codecs_that_are_not_text_and_utf16_without_bom_fail_in_one_line(tmp_pat
     with pytest.raises(CorpusError, match="cannot be decoded as utf-16 .*utf-16-le"):
         read_text(str(tmp_path / "u16.txt"), encoding="utf-16")
     assert read_text(str(tmp_path / "u16.txt"), encoding="utf-16-le")[0] == "hola " * 100
+    # left to auto, it is named for what it is (not "binary"), with the flag that reads it
+    with pytest.raises(CorpusError, match="UTF-16 text without a byte-order mark: pass --encoding=utf-16-le"):
+        read_text(str(tmp_path / "u16.txt"))
+    (tmp_path / "u16be.txt").write_bytes(("hola " * 100).encode("utf-16-be"))
+    with pytest.raises(CorpusError, match="pass --encoding=utf-16-be"):
+        read_text(str(tmp_path / "u16be.txt"))
+    # and a JSONL line without a 'text' field says which keys it has
+    (tmp_path / "c.jsonl").write_text('{"content": "hola", "id": 3}\n')
+    with pytest.raises(CorpusError, match=r"line 1: expected an object with a string 'text' field \(keys found: content, id\)"):
+        read_text(str(tmp_path / "c.jsonl"))
     # forcing a one-byte code page does not make random bytes text
     (tmp_path / "noise.txt").write_bytes(bytes(range(256)) * 20)
     with pytest.raises(CorpusError, match="binary"):

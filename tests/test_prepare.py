@@ -51,6 +51,8 @@ def test_prepare_txt_jsonl_parquet_folder(tmp_path):
     meta_m, _, _ = _prepared(tmp_path, "m")
     assert meta_m["files"] == 4 and meta_m["encodings"] == {"cp1252": 1, "utf-8": 3}
     assert "latin.txt: cp1252 (not UTF-8; no declared charset)" in runs[4].stdout
+    assert "skipped 1 file(s) that are not .txt, .jsonl or .parquet: notes.md" in runs[4].stdout
+    assert "skipped" not in runs[3].stdout  # a folder of .txt files only
     meta_c, _, _ = _prepared(tmp_path, "c")
     assert meta_c["documents"] == 3  # comma-separated sources: a.txt + the folder's two files
     meta_j, _, _ = _prepared(tmp_path, "j")
