@@ -7,7 +7,7 @@ A chat app over the trained instruction model: one file, Streamlit.
 The sidebar picks the checkpoint (any out*/ folder next to this file whose ckpt.pt is an
 instruction model; LLMFS_OUT_ROOT points the scan elsewhere) and the sampling settings.
 Each answer says where it came from: "FAQ" (a fixed answer, found by the table below before
-the model is asked) or "modelo" (generated character by character). "Mirar dentro" shows
+the model is asked) or "modelo" (generated token by token). "Mirar dentro" shows
 the attention of the last answer, the next-token probabilities and the training loss curve.
 
 `import app` starts no UI: the pure parts (FAQ matcher, checkpoint scan) are plain functions;
@@ -29,7 +29,8 @@ import time
 import unicodedata
 from typing import Callable
 
-from tokenizer import StreamDecoder, strip_accents  # stdlib only: importing app stays light
+from configurator import json_lines  # these two are stdlib only: importing app stays light
+from tokenizer import strip_accents
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAX_PROMPT_CHARS = 500
@@ -304,12 +305,10 @@ class Question:
 def faq_eval(path, verbose=False):
     """Recall per fact and false matches on the other kinds, for a jsonl with prompt/kind fields."""
     rows = []
-    for n, line in enumerate(open(path, encoding="utf-8"), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except (ValueError, RecursionError):
+    with open(path, encoding="utf-8") as f:
+        lines = list(json_lines(f))
+    for n, r in lines:
+        if r is None:
             raise ValueError(f"line {n}: not valid JSON")
         if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("kind"), str)):
             raise ValueError(f"line {n}: expected an object with string 'prompt' and 'kind' fields")
@@ -646,7 +645,7 @@ def sidebar():
                           help="Un token es un carácter (o, con BPE, un trozo de palabra). La respuesta termina antes "
                                "si el modelo escribe <eos>."),
         temperature=sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
-                              help="0 = codicioso: siempre el carácter más probable (respuesta determinista)."),
+                              help="0 = codicioso: siempre el token más probable (respuesta determinista)."),
         top_k=sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
                         help="Con temperatura > 0: muestrea solo entre los k tokens más probables (0 = todos)."),
         use_faq=sb.toggle("Respuestas fijas (FAQ) primero", value=True, key="faq",
@@ -782,7 +781,7 @@ def answer(prompt, res, settings, history=()):
     unambiguous alone (a follow-up such as "¿Y los gatos?" is the model's job)."""
     import streamlit as st
 
-    from chat import answer_ids, prompt_ids
+    from chat import answer_stream, prompt_ids
 
     t0 = time.perf_counter()
     if settings.use_faq and not settings.system:  # the FAQ's fixed sentences ignore a system prompt: the model's job
@@ -801,16 +800,15 @@ def answer(prompt, res, settings, history=()):
         st.error(f"No se pudo preparar el prompt ({e})")
         return {"role": "assistant", "source": "error", "content": f"No se pudo preparar el prompt ({e})"}
     new, first = [], []
-    dec = StreamDecoder(tok)  # a character whose bytes BPE split is shown once it is whole
 
     def stream():
-        for i in answer_ids(res.model, tok, prompt, settings.max_new, settings.temperature,
-                            settings.top_k or None, history=history, system=settings.system):
-            if not first:
-                first.append(time.perf_counter() - t0)
-            new.append(i)
-            yield escape_md(dec.add(i))
-        yield escape_md(dec.flush())
+        for i, text in answer_stream(res.model, tok, prompt, settings.max_new, settings.temperature,
+                                     settings.top_k or None, history=history, system=settings.system):
+            if i is not None:  # a new token (None: the decoder's last bytes)
+                if not first:
+                    first.append(time.perf_counter() - t0)
+                new.append(i)
+            yield escape_md(text)
 
     try:
         st.write_stream(stream)

@@ -45,7 +45,7 @@ a = "config/bench_nanogpt_cpu.py"  # the baseline
 b = "config/pretrain_fast_cpu.py"  # the challenger
 dataset = "shakespeare_char"
 target = 1.886  # val loss to reach
-budget = 300.0  # seconds (wall, evaluations included) each run may take at most
+budget = 300.0  # training seconds each run may take (train.py's --max_seconds: evaluations not counted)
 race_dir = "out-race"
 # race against the real nanoGPT: its unmodified files (../shared/ref/nanogpt), run from a temporary copy
 nanogpt = ""  # that folder; empty: config a (our reproduction of its recipe) stands in for it, as above
@@ -540,7 +540,7 @@ def bench_resplit():
     fc.check_labels(labels, names, f"the val/test splits of {cfg['data']}")
     y = torch.tensor([names.index(lab) for lab in labels])  # (N,)
     seqs = [fc.encode(tok, t, gpt.config.block_size) for t in texts]
-    X = {}  # pool -> (N, C): the frozen backbone's vectors, computed once per pooling
+    X = {}  # pool -> (N, W): the frozen backbone's vectors, computed once per pooling
     for p in names_of_pools:
         X[p] = fc.all_features(fc.Classifier(gpt, len(names), p).to(device), seqs, tok.pad_id, 32, device).cpu()
     n = {s: len(own[s][0]) for s in fc.SPLITS}

@@ -33,12 +33,10 @@ def answer_ids(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=No
 
 def answer_stream(model, tok, prompt, max_new_tokens=128, temperature=0.0, top_k=None, generator=None,
                   history=(), system=""):
-    """Yield an instruction model's answer to prompt as text, token by token, until <eos>. A character
-    whose bytes BPE split across tokens comes out whole, once its last byte is there."""
+    """Yield an instruction model's answer to prompt token by token, until <eos>: (id, text) per new token,
+    then (None, the rest). A character whose bytes BPE split across tokens comes out whole, once its last
+    byte is there (its text is "" until then); <eos> and the other specials add no text."""
     dec = StreamDecoder(tok)
     for i in answer_ids(model, tok, prompt, max_new_tokens, temperature, top_k, generator, history, system):
-        text = dec.add(i)  # <eos> and the other specials add nothing
-        if text:
-            yield text
-    if text := dec.flush():
-        yield text
+        yield i, dec.add(i)
+    yield None, dec.flush()

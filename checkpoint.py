@@ -104,7 +104,7 @@ def adamw(params, weight_decay, learning_rate, betas, device_type):
     """AdamW over the trainable params, with the kit's weight-decay rule (param_groups); the fused kernel
     on CUDA (one launch for all tensors)."""
     trainable = [p for p in params if p.requires_grad]
-    # fused=None is AdamW's own default (its foreach kernel on CPU)
+    # fused=None is AdamW's own default (on CPU, its plain loop over the tensors)
     return torch.optim.AdamW(param_groups(trainable, weight_decay), learning_rate, betas,
                              fused=True if device_type == "cuda" else None)
 

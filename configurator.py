@@ -42,14 +42,25 @@ def fail(msg, code=1):
     sys.exit(code)
 
 
-def jsonl_objects(path, text):
-    """(line number, object) for each non-empty line of a JSONL text; invalid JSON stops the run."""
-    for n, line in enumerate(text.splitlines(), 1):
+def json_lines(lines):
+    """(line number, object) for each non-empty line of JSONL: a text, or lines as they stream in. The
+    object is None where the line is not valid JSON (a 5,000-digit number and [[[[...]]]] included:
+    Python's parser raises ValueError and RecursionError for those). The kit's one JSONL reader: each
+    caller says in its own words what a bad line means."""
+    for n, line in enumerate(lines.splitlines() if isinstance(lines, str) else lines, 1):
         if line.strip():
             try:
                 yield n, json.loads(line)
-            except json.JSONDecodeError:
-                fail(f"{path} line {n}: not valid JSON")
+            except (ValueError, RecursionError):
+                yield n, None
+
+
+def jsonl_objects(path, text):
+    """json_lines for a script: invalid JSON stops the run in one line."""
+    for n, obj in json_lines(text):
+        if obj is None:
+            fail(f"{path} line {n}: not valid JSON")
+        yield n, obj
 
 
 def catch_stop_signals():

@@ -24,6 +24,8 @@ import sys
 import time
 import zlib
 
+from configurator import json_lines
+
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".parquet")
 BLOCK_CHARS = 4 << 20  # a .txt file is read (and split into train/val) in pieces of at most ~4M characters
 HEAD_BYTES = 64 << 10  # where markers, declared charsets and binary content are looked for
@@ -280,13 +282,8 @@ class Reader:
                               f"(a truncated file?); fix it or pass --strip_gutenberg=False")
 
     def _jsonl(self, path, text, tick):
-        import json
-        for n, line in enumerate(text, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (ValueError, RecursionError):  # JSONDecodeError, a 5,000-digit number, [[[[...]]]]
+        for n, obj in json_lines(text):
+            if obj is None:
                 raise CorpusError(f"{path} line {n}: not valid JSON")
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 found = f" (keys found: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, dict) else ""

@@ -9,8 +9,8 @@ answer held-out prompts.
 
 Text is scored in bits per byte: total nats / (ln 2 x UTF-8 bytes of the text scored). Unlike loss
 per token it does not depend on the tokenizer, so a character model and a BPE model compare on the
-same text. Each token is predicted with at least block_size/2 tokens of context (windows overlap by
-half), and the text is preceded by a blank line, as every document was in training, so that every
+same text. Each token after the first window is predicted with at least block_size/2 tokens of context
+(windows overlap by half), and the text is preceded by a blank line, as every document was in training, so that every
 one of its tokens is scored. Sources: --data names prepared datasets (their val split, decoded and
 re-encoded with each checkpoint's own tokenizer; default: the dataset the checkpoint trained on),
 --text files are read and cleaned exactly as prepare.py reads them (encodings, Gutenberg markers).
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from chat import prompt_ids
 from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device
-from configurator import configure, fail
+from configurator import configure, fail, json_lines
 from corpus import CorpusError, read_text
 from tokenizer import StreamDecoder, clean_text, instruction_example, load_tokenizer, strip_accents
 
@@ -107,13 +107,7 @@ def load_examples(path):
             raise ExamplesError(f"{path}: not valid JSON")
         where = "item"
     else:
-        items, where = [], "line"
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append((n, jsonlib.loads(line)))
-                except (ValueError, RecursionError):
-                    items.append((n, None))
+        items, where = list(json_lines(text)), "line"
         if len(items) > 1 and all(obj is None for _, obj in items):  # one pretty-printed object, not JSONL?
             try:
                 whole = jsonlib.loads(text)

@@ -260,9 +260,10 @@ class Classifier(nn.Module):
             self.head.bias.zero_()
 
     def features(self, idx, lengths, ctx=nullcontext()):
-        """(B, T) right-padded ids, (B,) lengths -> (B, C), one vector per text. Attention is causal, so
-        the pads, all after the text, never reach the hidden states of the real tokens: the vector is
-        the same however much padding the batch needs. ctx (autocast) covers the backbone only."""
+        """(B, T) right-padded ids, (B,) lengths -> (B, W), one vector per text (W = head.in_features: C,
+        or more for the 'layers' pools). Attention is causal, so the pads, all after the text, never reach
+        the hidden states of the real tokens: the vector is the same however much padding the batch
+        needs. ctx (autocast) covers the backbone only."""
         every = self.pool.startswith("layers")
         with ctx:  # 'layers': n_layer + 1 of (B, T, C), the final states last; otherwise the final states
             hs = self.backbone.hidden_states(idx, every_layer=every)
@@ -291,7 +292,7 @@ class Classifier(nn.Module):
 
 @torch.no_grad()
 def all_features(clf, seqs, pad_id, batch_size, device, ctx=nullcontext()):
-    """(N, C) features of a list of id lists, in batches, with dropout off."""
+    """(N, W) features of a list of id lists, in batches, with dropout off."""
     clf.eval()
     return torch.cat([clf.features(*pad(seqs[i:i + batch_size], pad_id, device), ctx)
                       for i in range(0, len(seqs), batch_size)])

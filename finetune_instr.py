@@ -30,7 +30,7 @@ import configurator
 from configurator import catch_stop_signals, configure, fail, stop_exit_code
 from evaluate import ExamplesError, answer_all, load_examples, print_table
 from model import GPT, GPTConfig
-from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, noisy_prompt
+from tokenizer import BASE_CHARS, CharTokenizer, instruction_example, load_tokenizer, noisy_prompt
 
 # -----------------------------------------------------------------------------
 init_from = "out"  # a pretrained out dir, or 'scratch' (random weights: shows what pretraining buys)
@@ -56,7 +56,10 @@ augment_prob = 0.3  # chance of each prompt noise (case, no accents, no ¿?, a t
 wrap_prob = 0.0  # chance of wrapping a prompt in Spanish small talk that asks nothing ("Hola. ... Gracias."); 0 = off
 bucket = True  # batches of similar length (a batch is padded to its longest example); False = plain shuffle
 max_new_tokens = 120  # answer length limit when evaluating
-# architecture for init_from='scratch' (a pretrained init brings its own): config/pretrain_char.py's
+# init_from='scratch' (the control: no pretraining): arch_from's architecture and tokenizer with random
+# weights; without arch_from, a character model of GPTConfig's defaults with these sizes, its vocabulary
+# read from the examples
+arch_from = ""
 block_size = 256
 n_layer = 4
 n_head = 4
@@ -130,7 +133,15 @@ if os.path.exists(ckpt_path) and not overwrite:
 # when training ends: a run that fails halfway (a NaN loss) leaves the earlier model whole
 run_files = Staged(out_dir, ["ckpt.pt"])
 examples = read_examples(data)
-if init_from == "scratch":
+if init_from == "scratch" and arch_from:  # the same network as the pretrained run, untrained
+    try:
+        base = load_checkpoint(arch_from, kinds=("pretrain", "instr"), quantized=False)
+        model_args = {**base["model_args"], "dropout": dropout}
+        model, tok = GPT(GPTConfig(**model_args)), load_tokenizer(base)
+    except (CheckpointError, TypeError, ValueError) as e:
+        fail(f"--arch_from={arch_from}: {e}")
+    pretrain_history = []
+elif init_from == "scratch":
     texts = [e.prompt + e.response + e.system + "".join(q + a for q, a in e.history) for e in examples] + [BASE_CHARS]
     tok = CharTokenizer.from_texts(texts)
     model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n_head=n_head,
@@ -210,8 +221,6 @@ avg_model = copy.deepcopy(model).eval() if ema > 0 else model
 
 @torch.no_grad()
 def val_loss():
-    if not val_set:
-        return float("nan")
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(val_set), batch_size):

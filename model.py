@@ -40,7 +40,8 @@ class GPTConfig:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be '{allowed[0]}' or '{allowed[1]}', got '{getattr(self, key)}'")
         if min(self.n_layer, self.n_head, self.n_embd, self.vocab_size, self.block_size) < 1 or self.n_embd % self.n_head:
-            raise ValueError(f"n_layer, n_head, n_embd, block_size must be >= 1 and n_embd ({self.n_embd}) divisible "
+            raise ValueError(f"n_layer, n_head, n_embd, vocab_size, block_size must be >= 1 and n_embd "
+                             f"({self.n_embd}) divisible "
                              f"by n_head ({self.n_head})")
         if self.pos == "rope" and self.n_embd // self.n_head % 2:
             raise ValueError("rope rotates pairs of channels: the head size n_embd / n_head must be even")
@@ -64,7 +65,7 @@ def rope(x, cos, sin):
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.n_head, self.n_embd, self.dropout, self.block_size = cfg.n_head, cfg.n_embd, cfg.dropout, cfg.block_size
+        self.n_head, self.dropout, self.block_size = cfg.n_head, cfg.dropout, cfg.block_size
         self.use_sdpa, self.qk_norm = cfg.use_sdpa, cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -171,6 +172,8 @@ class GPT(nn.Module):
         bs, hs = cfg.block_size, cfg.n_embd // cfg.n_head
         self.register_buffer("mask", torch.full((bs, bs), float("-inf")).triu(1), persistent=False)
         if cfg.pos == "rope":  # each position's angles (hs/2 of them), laid out for rope(): (block_size, hs)
+            # pair i turns by position * 10000^(-2i/hs): fast pairs tell neighbours apart, slow ones far
+            # positions (10000: the RoPE paper's base, as in the Transformer's sinusoidal positions)
             freq = 1.0 / (10000 ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
             ang = torch.arange(bs, dtype=torch.float32)[:, None] * freq
             self.register_buffer("cos", torch.cat([ang.cos(), ang.cos()], dim=1), persistent=False)  # (bs, hs)

@@ -6,7 +6,8 @@ Quantized inference: int8 and int4 weights, with the math in plain sight.
     python sample.py --out_dir=out-instr-int8 --prompt="¿Los perros son caninos?"
 
 Every weight matrix of the GPT (attention and MLP Linear layers, and the token embedding table, which
-the output layer shares) is stored as small integers q and float scales s, with w ~ q * s:
+the output layer shares; a learned position table stays float) is stored as small integers q and
+float scales s, with w ~ q * s:
 
 - int8, one scale per output channel (row): s[o] = max|w[o, :]| / 127 and q = round(w / s) in
   -127..127. Per row, because rows differ in size (a row's largest weight can be 10x another's): a
@@ -85,7 +86,8 @@ class QuantLinear(nn.Module):
 
 
 class QuantEmbedding(nn.Module):
-    """nn.Embedding with its table quantized per row (= per output channel of a tied output layer).
+    """nn.Embedding with its table quantized per row (= per output channel of a tied output layer), or
+    per group of group_size values within a row for int4.
     A lookup dequantizes only the rows it reads."""
 
     def __init__(self, weight, bits, group_size):

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from chat import answer_ids, prompt_ids
+from chat import answer_stream, prompt_ids
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, pick_device
 from configurator import configure, fail
 from tokenizer import StreamDecoder, clean_text
@@ -31,7 +31,7 @@ temperature = -1.0  # 0 = greedy; below 0 = auto: greedy for instruction models,
 top_k = 200
 seed = 1337
 device = "auto"
-use_cache = True  # KV cache on (the fast path); off recomputes the whole context every token
+use_cache = True  # free text: KV cache on (the fast path); off recomputes the whole context every token
 compile = False  # compile each decoding step (torch.compile; ~15 s once, then ~2x faster; needs a C++ compiler)
 show_raw = False  # instruction mode: also print the raw trace with <instr>/<resp>/<eos> visible
 chat = False  # instruction mode: a conversation, one user line at a time; /reset and /system TEXT
@@ -81,13 +81,12 @@ def clean_prompt(text):
 
 def answer(q, history=(), one_line=False):
     """Stream the answer to q (after the earlier turns in history) to stdout; returns its text."""
-    new, dec, parts = [], StreamDecoder(tok), []  # the decoder holds a character until BPE wrote all its bytes
-    for i in answer_ids(model, tok, q, max_new_tokens, temp, top_k, gen, history, system):
-        new.append(i)
-        parts.append(dec.add(i))  # <eos> and the other specials add nothing
-        print(parts[-1].replace("\n", " ") if one_line else parts[-1], end="", flush=True)
-    parts.append(dec.flush())
-    print(parts[-1].replace("\n", " ") if one_line else parts[-1], flush=True)
+    new, parts = [], []
+    for i, text in answer_stream(model, tok, q, max_new_tokens, temp, top_k, gen, history, system):
+        new += [] if i is None else [i]  # the ids (the raw trace below); None: the decoder's last bytes
+        parts.append(text)
+        print(text.replace("\n", " ") if one_line else text, end="", flush=True)
+    print(flush=True)
     if show_raw:  # what the model read and wrote, from its ids: [<sys> ...] <instr> prompt <resp> answer [<eos>]
         ids = prompt_ids(tok, q, model.config.block_size, max_new_tokens, history, system)[0]
         print("[raw] " + tok.decode(ids + new, specials=True), flush=True)

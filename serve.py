@@ -328,7 +328,7 @@ def create_app(server, key=""):
                            code="model_not_found", param="model")
         return body, name, server.models[name]
 
-    async def respond(body, name, entry, ids, s, instr, faq_text=None):
+    async def respond(name, entry, ids, s, instr, faq_text=None):
         """Run one generation of s["n"] choices (or the FAQ answer, n times) and answer in the chat or
         completions format."""
         obj = "chat.completion" if instr else "text_completion"
@@ -429,7 +429,7 @@ def create_app(server, key=""):
             from app import FAQ, match_faq
             key_ = match_faq(text)
             faq_text = FAQ[key_] if key_ else None
-        return await respond(body, name, entry, ids, s, True, faq_text)
+        return await respond(name, entry, ids, s, True, faq_text)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -441,7 +441,7 @@ def create_app(server, key=""):
             raise APIError(400, "'prompt' must be a string", code="invalid_value", param="prompt")
         s = sampling(body)
         _, ids = checked_prompt(prompt, entry, instr=False)
-        return await respond(body, name, entry, ids, s, False)
+        return await respond(name, entry, ids, s, False)
 
     return app
 

@@ -79,8 +79,8 @@ def noisy_prompt(p, rng, noise_prob, wrap_prob=0.0):
 class Tokenizer:
     """What both tokenizers share. The first ids are the special tokens (self.specials: SPECIALS, or its
     first five in older vocabularies); every other id stands for some bytes of UTF-8 text (a character,
-    or a BPE piece). Subclasses give encode(text) and token_bytes(id); decoding, the chat template and
-    saving are here, once."""
+    or a BPE piece). Subclasses give encode(text), token_bytes(id) and state() (what a checkpoint saves);
+    decoding and the chat template are here, once."""
     pad_id, unk_id, instr_id, resp_id, eos_id = PAD, UNK, INSTR, RESP, EOS
     specials = SPECIALS
 

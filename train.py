@@ -407,7 +407,8 @@ while True:
     # stop while there is still time for one more evaluation (as long as the last one took), two steps,
     # and 2 s to write the last checkpoint and leave the interpreter
     last_step = last_step or (time_budget and clock + eval_s + 2 * step_s + 2.0 >= time_budget)
-    # evaluate every eval_interval and at the end, but not twice at the iteration a resume starts from
+    # evaluate every eval_interval and at the end, but never at the iteration the run starts from: a fresh
+    # run's step 0 would only measure random weights (~ln(vocab_size)); a resume's was evaluated before
     if master and (iter_num % eval_interval == 0 or last_step) and iter_num != start_iter:
         t_eval = time.time()
         losses = split_losses()

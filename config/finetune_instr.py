@@ -4,6 +4,7 @@
 # it reads unusual phrasings better (README, "Starting from a longer-trained backbone"). --init_from=out finetunes
 # the model that `make demo` has just pretrained instead.
 init_from = "pretrained/es-bpe2048-4x128"
+arch_from = "pretrained/es-bpe2048-4x128"  # --init_from=scratch: this network and tokenizer, random weights
 # single questions, plus conversations (follow-ups, earlier turns to ignore, system prompts)
 data = "data/es/instructions/train.jsonl,data/es/instructions/chat_train.jsonl"
 test_data = "data/es/instructions/test.jsonl,data/es/instructions/chat_test.jsonl"

@@ -152,7 +152,7 @@ def test_sample_raw_trace_keeps_the_generated_ids(instr_writer, monkeypatch, cap
     root, instr = instr_writer
     model, tok = model_from_checkpoint(load_checkpoint(os.path.join(root, "out-instr")))
     assert list(answer_ids(model, tok, "hola", 5)) == [instr] * 5  # the ids, and no text for them
-    assert "".join(answer_stream(model, tok, "hola", 5)) == ""
+    assert "".join(text for _, text in answer_stream(model, tok, "hola", 5)) == ""
     monkeypatch.setattr(sys, "argv", ["sample.py", f"--out_dir={os.path.join(root, 'out-instr')}", "--prompt=hola",
                                       "--max_new_tokens=5", "--show_raw=True", "--device=cpu"])
     runpy.run_path(os.path.join(ROOT, "sample.py"), run_name="__main__")  # in-process: torch is loaded already

@@ -44,7 +44,7 @@ def test_tiny_finetune_memorizes_three_pairs_and_sample_answers(tmp_path):
     assert ckpt["kind"] == "instr" and ckpt["pretrain_history"] == [{"iter": 0, "val_loss": 4.0}]
     model, tok = model_from_checkpoint(ckpt)
     for prompt, response in PAIRS:
-        assert "".join(answer_stream(model, tok, prompt, 60)) == response
+        assert "".join(text for _, text in answer_stream(model, tok, prompt, 60)) == response
     answers = [json.loads(line) for line in open(tmp_path / "oi" / "eval_answers.jsonl", encoding="utf-8")]
     assert [a["answer"] for a in answers] == [r for _, r in PAIRS]
     # sample.py: one --prompt with the raw trace, then several questions on stdin; and eval_only
@@ -85,12 +85,19 @@ def test_malformed_jsonl_reports_line_numbers(tmp_path):
     (tmp_path / "unk.jsonl").write_text('{"prompt": "¿Cuánto?", "response": "£3 😀"}\n{"prompt": "a", "response": "b"}\n',
                                         encoding="utf-8")
     common = [f"--init_from={base}", "--data=good.jsonl", "--max_iters=1"]
-    malformed, misfit, unwritable, unk = run_many([
+    malformed, misfit, unwritable, unk, control, no_arch = run_many([
         ("finetune_instr.py", f"--init_from={base}", "--data=bad.jsonl", "--out_dir=ob"),
         ("finetune_instr.py", *common, "--init_from=misfit", "--out_dir=om"),
         ("finetune_instr.py", *common, "--out_dir=afile/out"),
-        ("finetune_instr.py", *common, "--data=unk.jsonl", "--test_data=", "--out_dir=ou", "--wrap_prob=0.5")],
-        cwd=tmp_path)
+        ("finetune_instr.py", *common, "--data=unk.jsonl", "--test_data=", "--out_dir=ou", "--wrap_prob=0.5"),
+        # the control: arch_from's network and tokenizer, random weights
+        ("finetune_instr.py", *common, "--init_from=scratch", f"--arch_from={base}", "--test_data=", "--out_dir=os"),
+        ("finetune_instr.py", *common, "--init_from=scratch", "--arch_from=nothing", "--out_dir=on")], cwd=tmp_path)
+    assert control.returncode == 0, control.stderr
+    scratch, pre = load_checkpoint(str(tmp_path / "os")), load_checkpoint(str(base))
+    assert scratch["model_args"] == {**pre["model_args"], "dropout": 0.0} and scratch["vocab"] == pre["vocab"]
+    assert not torch.equal(scratch["model"]["wte.weight"], pre["model"]["wte.weight"])  # not its weights
+    assert "--arch_from=nothing: no checkpoint" in assert_one_line_error(no_arch)
     assert unk.returncode == 0 and "Spanish small talk 50% of the time (--wrap_prob=0 for" in unk.stdout, unk.stderr
     assert f"note: 1 of 2 examples hold characters {base}'s vocabulary lacks, read as <unk>: £ 😀" in unk.stdout
     assert "line 2, 3" in assert_one_line_error(malformed) and not (tmp_path / "ob").exists()
