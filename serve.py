@@ -49,7 +49,7 @@ max_tokens_limit = 1024  # the most tokens one request may ask for
 max_prompt_chars = 4000
 max_n = 8  # the most choices ("n") one request may ask for: they are decoded together as one batch
 # -----------------------------------------------------------------------------
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant")  # developer: newer clients' name for system
 
 
 class APIError(Exception):
@@ -114,13 +114,33 @@ def field(body, name, kind, default, check=None, why=""):
     return value
 
 
+# request fields that would change what comes back, which these models cannot do: a 400 naming the field,
+# so that a client expecting JSON, tool calls or log-probabilities hears so instead of getting plain text
+UNSUPPORTED = {
+    "response_format": lambda v: isinstance(v, dict) and v.get("type", "text") != "text",
+    "tools": bool, "functions": bool,
+    "tool_choice": lambda v: v not in (None, "none", "auto"), "function_call": lambda v: v not in (None, "none", "auto"),
+    "logprobs": lambda v: v not in (None, False, 0), "top_logprobs": lambda v: v not in (None, 0),
+    "logit_bias": bool, "presence_penalty": lambda v: v not in (None, 0), "frequency_penalty": lambda v: v not in (None, 0),
+    "echo": bool, "suffix": bool, "best_of": lambda v: v not in (None, 1),
+    "audio": bool, "modalities": lambda v: v not in (None, ["text"]),
+}
+
+
 def sampling(body):
     """The generation settings of a request, checked."""
-    max_tokens = field(body, "max_completion_tokens", int, None, lambda v: v >= 1, "an integer >= 1")
-    max_tokens = field(body, "max_tokens", int, max_tokens or 128, lambda v: v >= 1, "an integer >= 1")
+    for name, used in UNSUPPORTED.items():
+        if body.get(name) is not None and used(body[name]):
+            raise APIError(400, f"'{name}' is not supported by this server (a small GPT that writes plain text)",
+                           code="unsupported_parameter", param=name)
+    given = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    if given == "max_completion_tokens" and body.get("max_tokens") not in (None, body["max_completion_tokens"]):
+        raise APIError(400, "give max_completion_tokens or max_tokens, not both with different values",
+                       code="invalid_value", param="max_tokens")
+    max_tokens = field(body, given, int, 128, lambda v: v >= 1, "an integer >= 1")
     if max_tokens > max_tokens_limit:
-        raise APIError(400, f"max_tokens={max_tokens} is over this server's limit of {max_tokens_limit}",
-                       code="max_tokens_over_limit", param="max_tokens")
+        raise APIError(400, f"{given}={max_tokens} is over this server's limit of {max_tokens_limit}",
+                       code="max_tokens_over_limit", param=given)
     stop = field(body, "stop", (str, list), [], lambda v: (isinstance(v, str) and v != "") or (
         isinstance(v, list) and len(v) <= 4 and all(isinstance(s, str) and s for s in v)),
                  "a non-empty string or a list of at most 4 of them")
@@ -147,8 +167,18 @@ def checked_prompt(text, entry, instr, history=(), system="", max_tokens=0):
         text = text.strip()
     if not text:
         raise APIError(400, "the prompt is empty", code="empty_prompt", param="messages" if instr else "prompt")
-    if len(text) + len(system) + sum(len(q) + len(a) for q, a in history) > max_prompt_chars:
-        raise APIError(400, f"the messages hold more than {max_prompt_chars} characters", code="prompt_too_long")
+    if len(text) + len(system) > max_prompt_chars:
+        raise APIError(400, f"the question and system prompt hold more than {max_prompt_chars} characters",
+                       code="prompt_too_long")
+    # a chat client resends the whole conversation: the oldest turns go first (they would not fit the
+    # window anyway), so a long chat goes on instead of failing from some turn on
+    room, kept = max_prompt_chars - len(text) - len(system), []
+    for q, a in reversed(history):
+        room -= len(q) + len(a)
+        if room < 0:
+            break
+        kept.insert(0, (q, a))
+    history = tuple(kept)
     tok, bs = entry["tok"], entry["model"].config.block_size
     if system and tok.sys_id is None:
         raise APIError(400, "this model's vocabulary has no <sys> token (it predates system prompts): "
@@ -174,6 +204,8 @@ def chat_prompt(body):
             raise APIError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", code="invalid_role",
                            param=f"messages[{i}].role")
         content = m.get("content")
+        if content is None and m["role"] == "assistant":  # OpenAI allows it (an answer that was a tool call)
+            m["content"] = content = ""
         if isinstance(content, list):  # the content-parts form: text parts only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
@@ -184,7 +216,7 @@ def chat_prompt(body):
     if messages[-1]["role"] != "user":
         raise APIError(400, "the last message must be the user's", code="invalid_role", param="messages")
     from tokenizer import clean_text
-    system = " ".join(clean_text(m["content"]).strip() for m in messages if m["role"] == "system").strip()
+    system = " ".join(clean_text(m["content"]).strip() for m in messages if m["role"] in ("system", "developer")).strip()
     turns, pending = [], None
     for m in messages[:-1]:
         text = clean_text(m["content"]).strip()
@@ -293,8 +325,9 @@ def create_app(server, key=""):
     @app.middleware("http")
     async def auth(request, call_next):
         if key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            # "Bearer KEY" (HTTP lets the scheme be written in any case)
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
                 e = APIError(401, "missing or wrong API key (Authorization: Bearer ...)", code="invalid_api_key")
                 return JSONResponse(e.body(), status_code=401)
         return await call_next(request)
@@ -304,13 +337,21 @@ def create_app(server, key=""):
         return {"status": "ok", "models": list(server.models), "device": server.device, "in_flight": server.in_flight,
                 "served": server.served, "cancelled": server.cancelled}
 
+    def model_card(name, e):
+        return {"id": name, "object": "model", "created": e["created"], "owned_by": "llm-from-scratch",
+                "kind": e["kind"], "parameters": e["params"], "block_size": e["model"].config.block_size,
+                "vocab_size": len(e["tok"]), "tokenizer": e["tok"].kind, "quantized": e["quant"] is not None}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": e["created"], "owned_by": "llm-from-scratch",
-             "kind": e["kind"], "parameters": e["params"], "block_size": e["model"].config.block_size,
-             "vocab_size": len(e["tok"]), "tokenizer": e["tok"].kind, "quantized": e["quant"] is not None}
-            for name, e in server.models.items()]}
+        return {"object": "list", "data": [model_card(name, e) for name, e in server.models.items()]}
+
+    @app.get("/v1/models/{name:path}")  # client.models.retrieve(...): an id may hold slashes (out dirs)
+    async def one_model(name: str):
+        if name not in server.models:
+            raise APIError(404, f"model '{name}' is not served here (served: {', '.join(server.models)})",
+                           code="model_not_found", param="model")
+        return model_card(name, server.models[name])
 
     async def read_body(request):
         try:

@@ -251,6 +251,39 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
     status, _, text = post(server, "/v1/nowhere", {})  # an unknown route: the OpenAI error shape too
     assert status == 404 and json.loads(text)["error"]["code"] == "not_found"
     assert "Traceback" not in text
+    # fields that would change the answer, which these models cannot honour: a 400 naming each, never
+    # plain text that a client then fails to parse as JSON or reads as "no tool calls"
+    refused = [("/v1/chat/completions", {"response_format": {"type": "json_object"}}),
+               ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+               ("/v1/chat/completions", {"logprobs": True}), ("/v1/chat/completions", {"logit_bias": {"5": -100}}),
+               ("/v1/chat/completions", {"presence_penalty": 1.5}), ("/v1/completions", {"echo": True}),
+               ("/v1/completions", {"suffix": " fin."}), ("/v1/completions", {"logprobs": 3})]
+    for path, extra in refused:
+        body = {"model": "out-instr" if "chat" in path else "out-pre", "max_tokens": 3, **extra,
+                **({"messages": user} if "chat" in path else {"prompt": "hola"})}
+        status, _, text = post(server, path, body)
+        error = json.loads(text)["error"]
+        assert status == 400 and error["code"] == "unsupported_parameter" and error["param"] == next(iter(extra)), text
+    # what current clients send: the developer role (newer models' system), an assistant turn with content
+    # null, max_completion_tokens (named in its own errors), a lower-case "bearer", models.retrieve
+    ok = c.chat.completions.create(model="out-instr", max_completion_tokens=3, messages=[
+        {"role": "developer", "content": "Sé breve."}, {"role": "user", "content": "hola"},
+        {"role": "assistant", "content": None}, {"role": "user", "content": "¿y los gatos?"}])
+    assert ok.usage.completion_tokens <= 3
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="out-instr", messages=user, max_completion_tokens=10 ** 6)
+    assert e.value.body["param"] == "max_completion_tokens"
+    assert c.models.retrieve("out-instr").id == "out-instr"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4o")
+    conn = http.client.HTTPConnection("127.0.0.1", server, timeout=30)
+    conn.request("GET", "/v1/models", headers={"Authorization": f"bearer {KEY}"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    # a long chat, resent whole at every turn as chat clients do: the oldest turns go, it never becomes a 400
+    long_chat = [m for i in range(60) for m in ({"role": "user", "content": f"pregunta {i} " + "x" * 60},
+                                                {"role": "assistant", "content": "No lo sé. " * 5})]
+    assert c.chat.completions.create(model="out-instr", max_tokens=3, messages=long_chat + user).choices
     assert health(server)["status"] == "ok"  # still alive after all of these
     # --device defaults to auto: the best device here, named in /health (and in the start-up line)
     assert health(server)["device"] == ("cuda" if torch.cuda.is_available() else "mps" if
