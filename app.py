@@ -106,7 +106,13 @@ OTHER_INTENTS = ({"cuanto", "cuantos", "cuanta", "cuantas", "cuando", "porque", 
                   # a year is what rules another time out (the capital's unless)
                   # another sense of the word: a car jack ("gato hidráulico"), a hot dog ("perro caliente"),
                   # whose dog it is ("¿el perro pertenece al dueño?")
-                  "hidraulico", "mecanico", "caliente", "calientes", "dueño", "dueña", "amo"})
+                  "hidraulico", "mecanico", "caliente", "calientes", "dueño", "dueña", "amo",
+                  # something else about the capital's place: its river, volcano, airport, height, distance
+                  "rio", "rios", "volcan", "volcanes", "aeropuerto", "altitud", "altura", "distancia",
+                  "kilometros", "km", "metros", "universidad", "museo", "parque", "estadio", "barrio",
+                  # something else about the animal: what lives on it, what it hunts, a look-alike
+                  "pulga", "pulgas", "garrapata", "garrapatas", "parasito", "parasitos", "virus", "bacteria",
+                  "bacterias", "caza", "cazan", "persigue", "persiguen", "praderas"})
 # "nombre"/"llama" ask for a name: the capital's name is the capital ("¿cómo se llama la capital ...?")
 NAMING = frozenset({"nombre", "llama"})
 # verbs that state a class: "los perros SON caninos", "el gato PERTENECE a los félidos"
@@ -633,6 +639,10 @@ def sidebar():
     try:
         res = load_model(path, os.stat(path).st_mtime_ns)
     except (CheckpointError, ValueError) as e:
+        if len(found) > 1:  # the others may load: say so, instead of the "train one first" page
+            st.error(f"No se pudo cargar `{choice}`: {e}")
+            st.info("Elige otro modelo en la barra lateral.")
+            st.stop()
         no_checkpoint_page(root, skipped, error=str(e))
     cfg, tok, meta = res.model.config, res.tok, res.meta
     sb.caption(f"{meta['n_params'] / 1e6:.2f} M parámetros · {cfg.n_layer} capas · {cfg.n_head} cabezas · "
@@ -646,7 +656,8 @@ def sidebar():
                                "si el modelo escribe <eos>."),
         temperature=sb.slider("Temperatura", 0.0, 2.0, 0.0, step=0.05, key="temperature",
                               help="0 = codicioso: siempre el token más probable (respuesta determinista)."),
-        top_k=sb.slider("top-k", 0, min(200, len(tok)), 0, key="top_k",
+        # a fixed range (not the vocabulary's size): a range that changes with the model resets the slider
+        top_k=sb.slider("top-k", 0, 200, 0, key="top_k",
                         help="Con temperatura > 0: muestrea solo entre los k tokens más probables (0 = todos)."),
         use_faq=sb.toggle("Respuestas fijas (FAQ) primero", value=True, key="faq",
                           help="Las tres preguntas del conjunto (perros, gatos, capital de Costa Rica) se "
@@ -870,12 +881,12 @@ def render_inside(m):
             res = load_model(m["path"], m["mtime"])
             tok, meta = res.tok, res.meta
             att, probs = look_inside(m["path"], m["mtime"], ids)
+            L, H, T, _ = att.shape
+            ids = list(ids)[-T:]
+            labels = [tok.piece(i) for i in ids]  # an id of another vocabulary fails here, not in a chart
         except Exception as e:  # e.g. the checkpoint file changed since this answer
             st.info(f"No se puede mirar dentro ({type(e).__name__}: {e}).")
             return
-        L, H, T, _ = att.shape
-        ids = list(ids)[-T:]
-        labels = [tok.piece(i) for i in ids]
         tab_att, tab_next, tab_loss = st.tabs(["Atención", "Siguiente token", "Curva de pérdida"])
         with tab_att:
             c1, c2, c3 = st.columns(3)
@@ -949,9 +960,10 @@ def render_inside(m):
                     layers.append(alt.Chart(pd.DataFrame({"paso": [start]})).mark_rule(strokeDash=[4, 4])
                                   .encode(x="paso:Q"))
                 st.altair_chart(alt.layer(*layers), width="stretch", height=340)
+                best = meta.get("best_val_loss")
                 st.caption("Del checkpoint: `pretrain_history` (preentrenamiento) y `history` (ajuste con "
                            "instrucciones, a partir de la línea discontinua). "
-                           f"Mejor pérdida de validación: {meta.get('best_val_loss', '?')}.")
+                           + (f"Mejor pérdida de validación: {best:.4f}." if isinstance(best, float) else ""))
 
 
 def _in_streamlit():

@@ -43,6 +43,26 @@ def test_a_bad_llmfs_device_is_named_as_the_setting_at_fault(out_root, monkeypat
     assert not any("Entrena uno" in m.value for m in t.markdown)
 
 
+def test_an_unloadable_checkpoint_points_to_the_others_and_top_k_keeps_its_range(out_root, tmp_path, monkeypatch):
+    """The first model in the list does not load (weights that do not fit its model_args): the page
+    says so and points to the sidebar, not to "train one first"; the other model then answers. The
+    top-k slider's range does not follow the vocabulary (a changing range resets the slider)."""
+    from streamlit.testing.v1 import AppTest
+
+    from checkpoint import load_checkpoint, save_checkpoint
+    good = load_checkpoint(os.path.join(out_root, "out-instr"))
+    for name, ck in (("out-a-broken", {**good, "model_args": {**good["model_args"], "n_layer": 5}}), ("out-b", good)):
+        os.makedirs(tmp_path / name)
+        save_checkpoint(ck, str(tmp_path / name / "ckpt.pt"))
+    monkeypatch.setenv("LLMFS_OUT_ROOT", str(tmp_path))
+    monkeypatch.setenv("LLMFS_DEVICE", "cpu")
+    t = AppTest.from_file(APP, default_timeout=60).run()
+    assert not t.exception and "No se pudo cargar `out-a-broken`" in t.error[0].value
+    assert "Elige otro modelo" in t.info[0].value and not any("Entrena uno" in m.value for m in t.markdown)
+    t.sidebar.selectbox(key="ckpt").set_value("out-b").run()
+    assert not t.exception and t.chat_input and t.sidebar.slider(key="top_k").max == 200
+
+
 def ask(at, text):
     at.chat_input[0].set_value(text).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -338,7 +358,12 @@ def test_faq_never_answers_another_fact():
     "¿Cuál es la capital de Heredia, Costa Rica?", "cual es la capital de heredia costa rica",
     "¿Cuál es la capital del café en Costa Rica?", "¿Cuál era la capital de Costa Rica en 1820?",
     "¿El perro pertenece al dueño o al estado?", "¿Cómo se clasifica un gato hidráulico?",
-    "¿Los perros calientes son caninos?"])
+    "¿Los perros calientes son caninos?",
+    # other questions about the capital's place or the animal (found by an audit of the app)
+    "¿Qué altitud tiene la capital de Costa Rica?", "¿Qué río pasa por la capital de Costa Rica?",
+    "¿Qué aeropuerto sirve a la capital de Costa Rica?", "¿Qué familia de virus afecta a los perros?",
+    "¿A qué familia pertenecen las pulgas del perro?", "¿Qué tipo de animal caza el gato?",
+    "¿El perro de las praderas es un canino?"])
 def test_faq_rejects_near_misses(q):
     assert app.match_faq(q) is None, app.match_faq_explain(q)
 
