@@ -857,7 +857,8 @@ def render_answer(m, show_raw, show_tokens=False):
     st.caption(f":blue-badge[modelo] {m['latency']:.2f} s (primer token {m['first'] * 1000:.0f} ms) · "
                f"{m['tokens']} tokens · {m['tps']:.0f} tokens/s · `{m['ckpt']}` · {m['settings']}"
                + ("" if m["stopped"] else " · cortada: llegó al máximo de tokens")
-               + (f" · pregunta recortada: {m['cut']} tokens del inicio" if m["cut"] else "")
+               + (f" · recortados {m['cut']} tokens del inicio de la pregunta o del prompt de sistema"
+                  if m["cut"] else "")
                + (f" · con {m['turns']} turno(s) anteriores" if m.get("turns") else "")
                + (f" · {m['dropped']} turno(s) antiguos no caben" if m.get("dropped") else "")
                + (" · con prompt de sistema" if m.get("system") else ""))

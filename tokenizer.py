@@ -128,9 +128,10 @@ class Tokenizer:
 
         history: the earlier (question, answer) turns, oldest first. Without system prompt and history
         it is the single-question format. Longer than max_len: whole oldest turns go first (the system
-        prompt and the new question are kept), then the question loses tokens from its start (its end,
-        where the question usually is, stays), then the system prompt from its start. A response
-        longer than the window alone is cut at its end. Returns (ids, turns dropped, tokens cut)."""
+        prompt and the new question are kept), then the longer of the question and the system prompt
+        loses tokens from its start until they fit (a long question does not push out a short "Responde
+        solo sí o no.", nor a long system prompt the question). A response longer than the window alone
+        is cut at its end. Returns (ids, turns dropped, tokens cut)."""
         if system and self.sys_id is None:
             raise ValueError("this vocabulary has no <sys> token (it predates system prompts): "
                              "prepare.py and train a new model to use one")
@@ -146,12 +147,14 @@ class Tokenizer:
                 turns.pop(0)
                 dropped += 1
             over = len(s) + len(q) + len(r) + 2 - max_len
-            if over > 0:  # the question keeps at least its last token, then the system prompt gives way
-                cut = min(over, max(0, len(q) - 1))
-                q = q[cut:]
-                if over > cut and s:
-                    n = min(over - cut, len(s) - 1)
-                    s, cut = s[:1] + s[1 + n:], cut + n
+            # then the longer of the question and the system prompt gives way, a token at a time from its
+            # start (its end, where a question usually asks, stays; the question keeps its last token)
+            while over > 0 and max(len(q), len(s)) > 1:
+                if len(s) > len(q):
+                    s = s[:1] + s[2:]  # s[0] is the <sys> marker
+                else:
+                    q = q[1:]
+                over, cut = over - 1, cut + 1
         return s + [t for turn in turns for t in turn] + [self.instr_id] + q + [self.resp_id] + r, dropped, cut
 
     def encode_instruction(self, prompt, response=None, max_len=None):

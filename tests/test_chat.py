@@ -41,6 +41,10 @@ def test_template_layout_and_truncation_at_turn_boundaries():
     text = tok.decode(ids, specials=True)
     assert dropped == 2 and text.startswith("<sys>sé breve<instr>x") and text.endswith("¿pregunta?<resp>")
     assert len(ids) == 30 and cut == len(long_q) - (30 - 1 - 8 - 2)  # the question keeps its end
+    # a long system prompt gives way to a short question (the question is what gets answered)
+    ids, dropped, cut = tok.encode_chat("¿y el gato?", (), "x" * 60 + " responde breve", max_len=30)
+    text = tok.decode(ids, specials=True)
+    assert len(ids) == 30 and text.endswith("responde breve<instr>¿y el gato?<resp>") and cut == 75 - 30 + 2 + 11 + 1
     # the loss covers the last answer and <eos> only, never the earlier turns
     x, y, _ = instruction_example(tok, "q3", "a3", 64, history, "sé breve")
     assert [t for t in y if t != -100] == tok.encode("a3") + [tok.eos_id]
