@@ -619,7 +619,6 @@ def sidebar():
     import streamlit as st
 
     from checkpoint import CheckpointError
-    from tokenizer import clean_text
 
     root = out_root()
     found, skipped = find_checkpoints(root)
@@ -670,17 +669,25 @@ def sidebar():
         use_history=sb.toggle("Recordar la conversación", value=True, key="history",
                               help="Las preguntas y respuestas anteriores entran en el prompt (las más antiguas "
                                    "salen primero si no caben), así el modelo entiende «¿Y los gatos?»."),
-        system=clean_text(sb.text_area(
-            "Prompt de sistema", value="", key="system", max_chars=MAX_SYSTEM_CHARS, height=80,
-            placeholder="p. ej. Responde solo sí o no.", disabled=tok.sys_id is None,
-            help="Una instrucción para toda la conversación, antes de los turnos (<sys>…)." if tok.sys_id is not None
-            else "Este modelo se entrenó sin <sys>: no admite prompt de sistema.") or "").strip()
-        if tok.sys_id is not None else "")  # a prompt typed for another model does not reach this one
+        system=system_prompt_box(sb, tok))
     if sb.button("Nueva conversación", key="new_chat", icon=":material/restart_alt:", width="stretch"):
         st.session_state.messages = []
     if skipped:
         sb.caption("Ignorados: " + ", ".join(f"`{n}` ({why})" for n, why in skipped))
     return res, settings
+
+
+def system_prompt_box(sb, tok):
+    """The system prompt box. Rendered for every model, disabled for one without <sys>: Streamlit forgets
+    the text of a widget left out of a run, so a round trip through such a model would erase it. Its
+    text reaches only a model with <sys>."""
+    from tokenizer import clean_text
+    text = clean_text(sb.text_area(
+        "Prompt de sistema", value="", key="system", max_chars=MAX_SYSTEM_CHARS, height=80,
+        placeholder="p. ej. Responde solo sí o no.", disabled=tok.sys_id is None,
+        help="Una instrucción para toda la conversación, antes de los turnos (<sys>…)." if tok.sys_id is not None
+        else "Este modelo se entrenó sin <sys>: no admite prompt de sistema.") or "").strip()
+    return text if tok.sys_id is not None else ""
 
 
 def no_checkpoint_page(root, skipped, error=None):
@@ -888,6 +895,10 @@ def render_inside(m):
         except Exception as e:  # e.g. the checkpoint file changed since this answer
             st.info(f"No se puede mirar dentro ({type(e).__name__}: {e}).")
             return
+        if len(m["prompt_ids"]) + len(m["answer_ids"]) > T:  # generation slid its window: one pass cannot redo that
+            st.caption(f"Pregunta y respuesta suman {len(m['prompt_ids']) + len(m['answer_ids'])} tokens, más que la "
+                       f"ventana del modelo ({T}): esto es una pasada sobre los últimos {T}. Al generar, la ventana "
+                       "se desplazó, así que las probabilidades de los primeros tokens mostrados pueden diferir.")
         tab_att, tab_next, tab_loss = st.tabs(["Atención", "Siguiente token", "Curva de pérdida"])
         with tab_att:
             c1, c2, c3 = st.columns(3)

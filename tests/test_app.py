@@ -162,6 +162,11 @@ def test_raw_trace_and_look_inside_keep_the_generated_ids(instr_writer, monkeypa
     assert m["content"] == "(respuesta vacía)"  # no text, but eight tokens
     assert m["raw"] == "<instr>hola<resp>" + "<instr>" * 8 == at.chat_message[-1].code[0].value
     assert len(at.select_slider(key="inside_pos").options) == 8  # "Mirar dentro": the same eight tokens
+    assert not any("más que la ventana" in c.value for c in at.caption)
+    # an answer longer than the window (generation slid it): "Mirar dentro" says its pass is not the same
+    at.slider(key="max_new_tokens").set_value(512).run()
+    m = ask(at, "hola")
+    assert m["tokens"] == 512 and any("más que la ventana" in c.value for c in at.caption)
 
 
 def test_sample_raw_trace_keeps_the_generated_ids(instr_writer, monkeypatch, capsys):

@@ -181,6 +181,10 @@ def test_app_drops_a_system_prompt_the_model_cannot_read_and_refuses_nan_classif
     at.selectbox(key="ckpt").set_value("out-old").run()
     m = ask(at, "¿Los perros son caninos?")
     assert m["source"] == "modelo" and m["system"] == "" and not m["raw"].startswith("<sys>")
+    # back on a model with <sys>, the prompt typed earlier is still there and used (it was erased)
+    at.selectbox(key="ckpt").set_value("out-chat").run()
+    assert at.text_area(key="system").value == SYS
+    assert ask(at, "¿Los gatos son felinos?")["system"] == SYS
     at.selectbox(key="cls_ckpt").set_value("out-cls-nan").run()
     at.text_area(key="cls_text").input("Muy bueno, lo recomiendo.").run()
     at.button(key="cls_go").click().run()
