@@ -626,8 +626,11 @@ def sidebar():
         no_checkpoint_page(root, skipped)
     sb = st.sidebar
     sb.header(":material/tune: Ajustes")
+    before = st.session_state.get("ckpt")  # the model chosen on the last run
     choice = sb.selectbox("Modelo (checkpoint)", [n for n, _ in found], key="ckpt",
                           help="Carpetas `out*/` con un checkpoint de instrucciones (finetune_instr.py).")
+    if before is not None and before != choice and before not in dict(found):  # its folder went away
+        st.warning(f"`{before}` ya no está en disco: ahora responde `{choice}`.")
     path = dict(found)[choice]
     try:
         app_device()

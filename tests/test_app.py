@@ -61,6 +61,15 @@ def test_an_unloadable_checkpoint_points_to_the_others_and_top_k_keeps_its_range
     assert "Elige otro modelo" in t.info[0].value and not any("Entrena uno" in m.value for m in t.markdown)
     t.sidebar.selectbox(key="ckpt").set_value("out-b").run()
     assert not t.exception and t.chat_input and t.sidebar.slider(key="top_k").max == 200
+    # the chosen model's folder deleted while the app runs: the switch to another one is said, not silent
+    os.makedirs(tmp_path / "out-c")
+    save_checkpoint(good, str(tmp_path / "out-c" / "ckpt.pt"))
+    t.run()  # the list now offers it
+    t.sidebar.selectbox(key="ckpt").set_value("out-c").run()
+    import shutil
+    shutil.rmtree(tmp_path / "out-c")
+    t.run()
+    assert not t.exception and any("`out-c` ya no está en disco" in w.value for w in t.warning), [w.value for w in t.warning]
 
 
 def ask(at, text):
