@@ -281,8 +281,10 @@ def instruction_row(d, model, tok, examples, ctx):
     max_examples: exact match and the per-kind table, printed unless --json."""
     block = model.config.block_size
     nats = n_bytes = 0.0
+    with_unk = 0  # examples holding characters the vocabulary lacks: the model can neither read nor write them
     for e in examples:  # teacher forcing: the response's tokens after the template's <resp>
         x, y, _ = instruction_example(tok, e.prompt, e.response, block + 1, e.history, e.system)
+        with_unk += tok.unk_id in x
         with torch.no_grad(), ctx:
             logits, _ = model(torch.tensor([x], device=model.wte.weight.device))
         y = torch.tensor(y, device=logits.device)
@@ -296,10 +298,12 @@ def instruction_row(d, model, tok, examples, ctx):
     row = {"checkpoint": d, "source": instructions, "examples": len(examples),
            "bits_per_byte": nats / (math.log(2) * max(n_bytes, 1)), "answered": len(results),
            "exact_match": exact / len(results), "correct": sum(r["correct"] for r in results) / len(results),
+           "examples_with_unk": with_unk,
            "by_kind": {k or "(no kind)": sum(r["correct"] for r in results if r["kind"] == k) /
                        sum(r["kind"] == k for r in results) for k in sorted({r["kind"] for r in results})}}
     if not json:
-        print(f"{d} on {instructions}: {len(examples)} examples")
+        print(f"{d} on {instructions}: {len(examples)} examples"
+              + (f" ({with_unk} hold characters {d}'s vocabulary lacks, read as <unk>)" if with_unk else ""))
         print(f"  responses given the prompts: {row['bits_per_byte']:.4f} bits per byte (teacher forcing, all examples)")
         print(f"  greedy answers to the first {len(results)} ({time.time() - t0:.1f}s): exact match after "
               f"normalization {exact}/{len(results)} = {100 * row['exact_match']:.1f}%")

@@ -90,7 +90,8 @@ def test_bits_per_byte_from_the_cli(tiny_run):
 def test_instruction_files_ours_and_alpaca(out_root, tmp_path):
     alpaca = [{"instruction": "¿Los perros son caninos?", "input": "", "output":
                "Los perros son caninos: pertenecen a la familia de los cánidos (Canidae)."},
-              {"instruction": "Translate to English", "input": "gato", "output": "cat"}]
+              {"instruction": "Translate to English", "input": "gato", "output": "cat"},
+              {"instruction": "¿Cuánto cuesta?", "input": "", "output": "£3 😀"}]  # characters the vocabulary lacks
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca, ensure_ascii=False), encoding="utf-8")
     test = os.path.join(ROOT, "data", "es", "instructions", "test.jsonl")
     ours, alp, table = run_many([
@@ -104,7 +105,8 @@ def test_instruction_files_ours_and_alpaca(out_root, tmp_path):
     assert "facts (3)" in ours.stdout and "abstain" in ours.stdout and "expected:" in ours.stdout
     assert alp.returncode == 0, alp.stderr
     row = json.loads(alp.stdout)[0]
-    assert row["examples"] == row["answered"] == 2 and 0 <= row["exact_match"] <= 1 and row["bits_per_byte"] > 0
+    assert row["examples"] == row["answered"] == 3 and 0 <= row["exact_match"] <= 1 and row["bits_per_byte"] > 0
+    assert row["examples_with_unk"] == 1 and "(1 hold characters" in table.stdout
     assert list(row["by_kind"]) == ["(no kind)"]
 
 
