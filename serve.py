@@ -478,8 +478,13 @@ def create_app(server, key=""):
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise APIError(400, "'prompt' must be a string", code="invalid_value", param="prompt")
+        if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            raise APIError(400, f"'prompt' is a list of {len(prompt)} prompts: this server answers one prompt per "
+                                f"request (send them one by one; 'n' asks for several completions of one)",
+                           code="invalid_value", param="prompt")
+        if not isinstance(prompt, str):  # token ids too: another tokenizer's ids would mean other text here
+            raise APIError(400, "'prompt' must be a string (this model's own tokenizer reads it)",
+                           code="invalid_value", param="prompt")
         s = sampling(body)
         _, ids = checked_prompt(prompt, entry, instr=False)
         return await respond(name, entry, ids, s, False)

@@ -264,6 +264,11 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
         status, _, text = post(server, path, body)
         error = json.loads(text)["error"]
         assert status == 400 and error["code"] == "unsupported_parameter" and error["param"] == next(iter(extra)), text
+    # several prompts in one completions request (LangChain's batch) or token ids: a 400 that says what to do
+    status, _, text = post(server, "/v1/completions", {"model": "out-pre", "prompt": ["a", "b"]})
+    assert status == 400 and "a list of 2 prompts: this server answers one prompt per request" in text
+    status, _, text = post(server, "/v1/completions", {"model": "out-pre", "prompt": [5, 6]})
+    assert status == 400 and "this model's own tokenizer reads it" in text
     # what current clients send: the developer role (newer models' system), an assistant turn with content
     # null, max_completion_tokens (named in its own errors), a lower-case "bearer", models.retrieve
     ok = c.chat.completions.create(model="out-instr", max_completion_tokens=3, messages=[
