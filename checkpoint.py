@@ -199,6 +199,11 @@ def model_from_checkpoint(ckpt, device="cpu", **overrides):
         tok = load_tokenizer(ckpt)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint weights do not fit the model: {str(e).splitlines()[0]}")
+    # NaN or inf weights (a diverged run saved by hand, a damaged file) would answer <pad> after <pad>
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"the checkpoint's weights hold NaN or inf values ({bad[0]}"
+                              f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): the run that wrote them diverged")
     return model.to(device).eval(), tok
 
 

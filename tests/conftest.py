@@ -274,8 +274,8 @@ def streamlit_server(args, out_root, log_path):
 
 
 def build_broken_checkpoint(root, src_root):
-    """root/out-instr: an instruction checkpoint whose weights are NaN, so sampling fails
-    (torch.multinomial rejects NaN probabilities) — for the 'generation error' test."""
+    """root/out-instr: an instruction checkpoint whose weights are NaN (a diverged run): every script
+    refuses it when it loads (checkpoint.model_from_checkpoint)."""
     src = os.path.join(build_tiny_checkpoints(src_root), "out-instr", "ckpt.pt")
     ck = torch.load(src, weights_only=True)
     ck["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v

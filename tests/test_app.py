@@ -297,17 +297,30 @@ def test_unloadable_checkpoint_page(tmp_path, monkeypatch, out_root):
 
 
 def test_generation_error_is_a_chat_message(tmp_path, monkeypatch, out_root):
+    """An error while generating is a message in the chat, and the FAQ still answers; NaN weights (a
+    diverged run) are refused when the model loads, in one message."""
     from streamlit.testing.v1 import AppTest
-    root = build_broken_checkpoint(str(tmp_path / "broken"), out_root)
-    monkeypatch.setenv("LLMFS_OUT_ROOT", root)
+
+    import model
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        yield  # a generator, like the real one
+    monkeypatch.setattr(model.GPT, "generate_stream", failing)
+    monkeypatch.setenv("LLMFS_OUT_ROOT", out_root)
+    monkeypatch.setenv("LLMFS_DEVICE", "cpu")
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.toggle(key="faq").set_value(False).run()
-    at.slider(key="temperature").set_value(1.0).run()  # sampling from NaN probabilities fails
     m = ask(at, "¿Los perros son caninos?")
     assert m["source"] == "error" and "No se pudo generar" in m["content"]
     assert at.chat_message[-1].error and not at.exception
     at.toggle(key="faq").set_value(True).run()  # the FAQ still answers
     assert ask(at, "¿Los perros son caninos?")["source"] == "FAQ"
+    monkeypatch.undo()
+    monkeypatch.setenv("LLMFS_OUT_ROOT", build_broken_checkpoint(str(tmp_path / "broken"), out_root))
+    monkeypatch.setenv("LLMFS_DEVICE", "cpu")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and "weights hold NaN or inf values" in at.error[0].value
 
 
 # ---------------------------------------------------------------------------------------

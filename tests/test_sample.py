@@ -74,10 +74,15 @@ def test_missing_corrupt_and_wrong_kind_checkpoints(instr_dir, tiny_run, tmp_pat
     ck = torch.load(instr_dir / "ckpt.pt", weights_only=True)
     ck["kind"] = "cls"
     torch.save(ck, tmp_path / "cls" / "ckpt.pt")
+    ck = torch.load(instr_dir / "ckpt.pt", weights_only=True)  # a diverged run saved by hand: NaN weights
+    ck["model"]["h.0.mlp.c_fc.weight"][0, 0] = float("nan")
+    (tmp_path / "nan").mkdir()
+    torch.save(ck, tmp_path / "nan" / "ckpt.pt")
     cases = [(("sample.py", "--out_dir=nowhere"), "no checkpoint"),
              (("sample.py", "--out_dir=trunc"), "corrupt"),
              (("sample.py", "--out_dir=garbage"), "corrupt"),
              (("sample.py", "--out_dir=cls", "--prompt=hola"), "'cls'"),
+             (("sample.py", "--out_dir=nan", "--prompt=hola"), "weights hold NaN or inf values (h.0.mlp.c_fc.weight)"),
              (("sample.py", f"--out_dir={tiny_run / 'out'}", "--prompt=hola"), "--start"),
              (("finetune_instr.py", "--eval_only=True", f"--out_dir={tiny_run / 'out'}"), "'pretrain'")]
     for p, (args, fragment) in zip(run_many([c for c, _ in cases], cwd=tmp_path), cases):
