@@ -211,9 +211,10 @@ def load_data(path, text_col, label_col, val_fraction, test_fraction, seed, spli
     if len(set(labels)) < 2:
         fail(f"only one label ('{labels[0]}') in {path}: a classifier needs at least two")
     out = stratified_split(texts, labels, val_fraction, test_fraction, seed)
-    for s in splits:
-        if not out[s][0]:
-            fail(f"the {s} split of {path} is empty ({len(texts)} texts); use more data or a larger --{s}_fraction")
+    empty = [s for s in splits if not out[s][0]]  # the first one named: too few texts for its fraction
+    if empty:
+        fail(f"the {empty[0]} split of {path} is empty ({len(texts)} texts); use more data or a larger "
+             f"--{empty[0]}_fraction")
     return out
 
 

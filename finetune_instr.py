@@ -133,29 +133,23 @@ if os.path.exists(ckpt_path) and not overwrite:
 # when training ends: a run that fails halfway (a NaN loss) leaves the earlier model whole
 run_files = Staged(out_dir, ["ckpt.pt"])
 examples = read_examples(data)
-if init_from == "scratch" and arch_from:  # the same network as the pretrained run, untrained
-    try:
-        base = load_checkpoint(arch_from, kinds=("pretrain", "instr"), quantized=False)
-        model_args = {**base["model_args"], "dropout": dropout}
-        model, tok = GPT(GPTConfig(**model_args)), load_tokenizer(base)
-    except (CheckpointError, TypeError, ValueError) as e:
-        fail(f"--arch_from={arch_from}: {e}")
-    pretrain_history = []
-elif init_from == "scratch":
+if init_from == "scratch" and not arch_from:
     texts = [e.prompt + e.response + e.system + "".join(q + a for q, a in e.history) for e in examples] + [BASE_CHARS]
     tok = CharTokenizer.from_texts(texts)
     model_args = dict(vocab_size=len(tok), block_size=block_size, n_layer=n_layer, n_head=n_head,
                       n_embd=n_embd, dropout=dropout)
     model = GPT(GPTConfig(**model_args))
     pretrain_history = []
-else:
+else:  # a pretrained backbone, or (scratch) arch_from's network and tokenizer with random weights
+    scratch = init_from == "scratch"
     try:
-        base = load_checkpoint(init_from, kinds=("pretrain", "instr"), quantized=False)
-        model, tok = model_from_checkpoint(base, "cpu", dropout=dropout)
-    except CheckpointError as e:
-        fail(e)
-    model_args = {**base["model_args"], "dropout": dropout}
-    pretrain_history = base.get("history", [])
+        base = load_checkpoint(arch_from if scratch else init_from, kinds=("pretrain", "instr"), quantized=False)
+        model_args = {**base["model_args"], "dropout": dropout}
+        model, tok = ((GPT(GPTConfig(**model_args)), load_tokenizer(base)) if scratch
+                      else model_from_checkpoint(base, "cpu", dropout=dropout))
+    except (CheckpointError, TypeError, ValueError) as e:
+        fail(f"--arch_from={arch_from}: {e}" if scratch else e)
+    pretrain_history = [] if scratch else base.get("history", [])
 model.to(device).train()
 block = model.config.block_size
 try:  # an out_dir that cannot be written fails now, before any training
