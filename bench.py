@@ -539,10 +539,10 @@ def bench_resplit():
     names = sorted(set(own["train"][1]))
     fc.check_labels(labels, names, f"the val/test splits of {cfg['data']}")
     y = torch.tensor([names.index(lab) for lab in labels])  # (N,)
-    seqs = [fc.encode(tok, t, gpt.config.block_size) for t in texts]
+    seqs = [tok.encode(t) for t in texts]  # a long text is read in windows (fc.windows)
     X = {}  # pool -> (N, W): the frozen backbone's vectors, computed once per pooling
     for p in names_of_pools:
-        X[p] = fc.all_features(fc.Classifier(gpt, len(names), p).to(device), seqs, tok.pad_id, 32, device).cpu()
+        X[p] = fc.all_features(fc.Classifier(gpt, len(names), p).to(device), seqs, tok.pad_id, 32).cpu()
     n = {s: len(own[s][0]) for s in fc.SPLITS}
     print(f"{name}: features of {len(texts)} texts ({', '.join(f'{p} {x.size(1):,}' for p, x in X.items())}) | "
           f"{cfg['data']}: {n['train']} train / {n['val']} val / {n['test']} test")

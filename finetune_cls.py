@@ -10,7 +10,7 @@ Finetune the pretrained GPT as a text classifier (the shipped task: reviews, pos
     python finetune_cls.py --out_dir=out-cls --predict_file=reviews.txt    # one text per line
 
 How it works: each text goes through the GPT, right-padded with <pad> to the longest text of its
-batch. One vector per text is read from the hidden states (pool='last': the last real token's final
+batch (a text longer than block_size in windows half a block apart, each token counted once: windows()). One vector per text is read from the hidden states (pool='last': the last real token's final
 state; 'mean': the mean of the final states over the real tokens; 'layers': that mean for every
 block's output and the final states, side by side; 'layers+max', the default: those, and each MLP
 hidden unit's largest activation over the text) and a linear head turns it into one score per label. With the
@@ -225,12 +225,26 @@ def check_labels(split_labels, known, where):
              f"(known: {', '.join(known)})")
 
 
-def encode(tok, text, block_size):
-    """Text -> at most block_size token ids. A longer text keeps its END and loses its start: reviews
-    tend to end with the verdict ("... no vuelvo"), and pool='last' reads the last token, whose
-    causal context is exactly the block_size tokens before it. Keeping the start would throw away
-    the very token that 'last' pooling reads."""
-    return tok.encode(text)[-block_size:]
+def windows(n, block_size, last_only=False):
+    """How a text of n tokens is read: a list of (start, end, counted_from) windows of its ids.
+
+    A text that fits is one window. A longer one is read in windows of block_size tokens, each half a
+    block after the one before (the last one ends at the text's end), as sampling slides its window. Each
+    token is counted once, in the first window that gives it at least half a block of context, so a mean
+    or a maximum over the counted tokens of all windows is one over the whole text. last_only (pool='last',
+    which reads one token): the last window only, the block_size tokens before the text's last one."""
+    if n <= block_size:
+        return [(0, n, 0)]
+    if last_only:
+        return [(n - block_size, n, n - block_size)]
+    out, start, counted = [], 0, 0
+    while True:
+        start = min(start, n - block_size)
+        out.append((start, start + block_size, counted))
+        if start + block_size == n:
+            return out
+        counted = start + block_size  # the next window counts from where this one ends
+        start += max(1, block_size // 2)
 
 
 def pad(seqs, pad_id, device):
@@ -260,31 +274,62 @@ class Classifier(nn.Module):
             self.head.weight.normal_(0.0, 0.02)
             self.head.bias.zero_()
 
-    def features(self, idx, lengths, ctx=nullcontext()):
-        """(B, T) right-padded ids, (B,) lengths -> (B, W), one vector per text (W = head.in_features: C,
-        or more for the 'layers' pools). Attention is causal, so the pads, all after the text, never reach
-        the hidden states of the real tokens: the vector is the same however much padding the batch
-        needs. ctx (autocast) covers the backbone only."""
+    def window_stats(self, idx, lengths, starts, ctx=nullcontext()):
+        """(W, T) right-padded windows of texts, (W,) their lengths, (W,) their first counted positions
+        (windows()) -> what each window adds to its text's vector: (W, S) sums over its counted tokens, (W, 1)
+        their number, (W, M) their maxima ('layers+max'; M = 0 otherwise). 'last' gives the last real
+        token's final state as the sum of one token. Attention is causal, so the pads, all after the text,
+        never reach the hidden states of the real tokens. ctx (autocast) covers the backbone only."""
         every = self.pool.startswith("layers")
-        with ctx:  # 'layers': n_layer + 1 of (B, T, C), the final states last; otherwise the final states
+        with ctx:  # 'layers': n_layer + 1 of (W, T, C), the final states last; otherwise the final states
             hs = self.backbone.hidden_states(idx, every_layer=every)
         hs = hs if every else [hs]
+        none = hs[-1].new_zeros(idx.size(0), 0).float()  # (W, 0): no maxima
         if self.pool == "last":
-            h = hs[-1].float()
-            return h[torch.arange(h.size(0), device=h.device), lengths - 1]  # (B, C) last real token of each row
-        real = (torch.arange(idx.size(1), device=idx.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, T, 1)
-        # mean over the real tokens only: (B, C), or (B, (n_layer + 1) C) for every layer side by side. Lower
+            h = hs[-1].float()  # (W, T, C)
+            return h[torch.arange(h.size(0), device=h.device), lengths - 1], none.new_ones(h.size(0), 1), none
+        pos = torch.arange(idx.size(1), device=idx.device)[None, :]  # (1, T)
+        counted = ((pos < lengths[:, None]) & (pos >= starts[:, None])).unsqueeze(-1)  # (W, T, 1)
+        # sums over the counted tokens: (W, C), or (W, (n_layer + 1) C) for every layer side by side. Lower
         # layers hold more of what a text is about, the last one more of what comes next in it
-        feats = [(x.float() * real).sum(dim=1) / lengths[:, None] for x in hs]
-        if self.pool == "layers+max":
-            # each MLP hidden unit's largest activation over the real tokens, (B, 4C) per block. A unit is a
-            # detector (of a word, an ending, a turn of phrase); a mean blurs whether it fired at all, a
-            # maximum says so, as a bag of words does for its words
-            feats += [b.mlp.act.float().masked_fill(~real, float("-inf")).amax(dim=1) for b in self.backbone.h]
-        return torch.cat(feats, dim=-1)
+        sums = torch.cat([(x.float() * counted).sum(dim=1) for x in hs], dim=-1)
+        if self.pool != "layers+max":
+            return sums, counted.sum(dim=1).float(), none
+        # each MLP hidden unit's largest activation over the counted tokens, (W, 4C) per block. A unit is a
+        # detector (of a word, an ending, a turn of phrase); a mean blurs whether it fired at all, a maximum
+        # says so, as a bag of words does for its words
+        maxima = torch.cat([b.mlp.act.float().masked_fill(~counted, float("-inf")).amax(dim=1) for b in self.backbone.h],
+                           dim=-1)
+        return sums, counted.sum(dim=1).float(), maxima
 
-    def forward(self, idx, lengths, ctx=nullcontext()):
-        return self.head(self.features(idx, lengths, ctx))  # (B, K)
+    def features(self, seqs, pad_id, ctx=nullcontext(), batch_size=None):
+        """Id lists of N texts -> (N, W), one vector per text (W = head.in_features: C, or more for the
+        'layers' pools): the means over each text's tokens, then (with 'layers+max') the maxima. A text
+        longer than block_size is read in windows (windows()), batch_size of them at a time (None: all)."""
+        device = self.head.weight.device
+        rows, starts, owner = [], [], []  # every window of every text, in order
+        for i, ids in enumerate(seqs):
+            for a, b, c in windows(len(ids), self.backbone.config.block_size, last_only=self.pool == "last"):
+                rows.append(ids[a:b])
+                starts.append(c - a)
+                owner.append(i)
+        n, step = len(seqs), batch_size or len(rows)
+        total = count = top = None  # per text: sums and number of its counted tokens, maxima
+        for k in range(0, len(rows), step):
+            sums, counts, maxima = self.window_stats(*pad(rows[k:k + step], pad_id, device),
+                                                     torch.tensor(starts[k:k + step], device=device), ctx)
+            if total is None:  # (N, S), (N, 1), (N, M)
+                total, count = sums.new_zeros(n, sums.size(1)), counts.new_zeros(n, 1)
+                top = maxima.new_full((n, maxima.size(1)), float("-inf"))
+            # each window into its text's sums and maxima: the text's windows may span several batches
+            own = torch.tensor(owner[k:k + step], device=device)
+            total.index_add_(0, own, sums)
+            count.index_add_(0, own, counts)
+            top.scatter_reduce_(0, own[:, None].expand_as(maxima), maxima, "amax")
+        return torch.cat([total / count, top], dim=-1)  # (N, S + M): the means, then the maxima (M = 0: none)
+
+    def forward(self, seqs, pad_id, ctx=nullcontext()):
+        return self.head(self.features(seqs, pad_id, ctx))  # (N, K)
 
     def checkpoint_state(self):
         """The checkpoint's 'model': the GPT's own keys (any GPT loader reads them) plus head.weight/head.bias."""
@@ -292,16 +337,15 @@ class Classifier(nn.Module):
 
 
 @torch.no_grad()
-def all_features(clf, seqs, pad_id, batch_size, device, ctx=nullcontext()):
-    """(N, W) features of a list of id lists, in batches, with dropout off."""
+def all_features(clf, seqs, pad_id, batch_size, ctx=nullcontext()):
+    """(N, W) features of a list of id lists, batch_size windows at a time, with dropout off."""
     clf.eval()
-    return torch.cat([clf.features(*pad(seqs[i:i + batch_size], pad_id, device), ctx)
-                      for i in range(0, len(seqs), batch_size)])
+    return clf.features(seqs, pad_id, ctx, batch_size)
 
 
 @torch.no_grad()
-def all_logits(clf, seqs, pad_id, batch_size, device, ctx=nullcontext()):
-    return clf.head(all_features(clf, seqs, pad_id, batch_size, device, ctx))  # (N, K)
+def all_logits(clf, seqs, pad_id, batch_size, ctx=nullcontext()):
+    return clf.head(all_features(clf, seqs, pad_id, batch_size, ctx))  # (N, K)
 
 
 def load_classifier(path, device, cli=True):
@@ -327,11 +371,11 @@ def load_classifier(path, device, cli=True):
 
 
 @torch.no_grad()
-def classify(clf, tok, texts, batch_size=32, device="cpu", ctx=nullcontext()):
-    """(N, K) label probabilities of texts (--predict and the app), with the checkpoint's own
-    block_size (long texts keep their end)."""
-    seqs = [encode(tok, prepare_text(t), clf.backbone.config.block_size) for t in texts]
-    return F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, device, ctx).float(), dim=-1).cpu()  # (N, K)
+def classify(clf, tok, texts, batch_size=32, ctx=nullcontext()):
+    """(N, K) label probabilities of texts (--predict and the app); long texts are read in windows of the
+    checkpoint's own block_size."""
+    seqs = [tok.encode(prepare_text(t)) for t in texts]
+    return F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, ctx).float(), dim=-1).cpu()  # (N, K)
 
 
 PROBE_L2 = (1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # the grid that cross-validation picks from
@@ -492,7 +536,7 @@ if __name__ == "__main__":
                 fail(f"{predict_file} is not UTF-8 text")
             if not texts:
                 fail(f"{predict_file} holds no text (one text per line)")
-        probs = classify(clf, tok, texts, batch_size, device, ctx)  # (N, K), the checkpoint's block_size
+        probs = classify(clf, tok, texts, batch_size, ctx)  # (N, K)
         names = ckpt["labels"]
         ids = [tok.encode(t) for t in texts]
         n_unk = sum(i.count(tok.unk_id) for i in ids)
@@ -569,16 +613,18 @@ if __name__ == "__main__":
             fail(f"only one label ('{labels[0]}') in the training data of {data}: a classifier needs at least two")
         for s in ("val", "test"):
             check_labels(splits[s][1], labels, f"the {s} split of {data}")
-        seqs = {s: [encode(tok, t, block_size) for t in texts] for s, (texts, _) in splits.items()}
+        seqs = {s: [tok.encode(t) for t in texts] for s, (texts, _) in splits.items()}
         ys = {s: torch.tensor([labels.index(lab) for lab in labs], device=device) for s, (_, labs) in splits.items()}
         label_counts = torch.bincount(ys["train"].cpu(), minlength=len(labels))
-        n_cut = sum(len(tok.encode(t)) > block_size for texts, _ in splits.values() for t in texts)
+        n_cut = sum(len(ids) > block_size for s in seqs.values() for ids in s)
         n_unk = sum(ids.count(tok.unk_id) for s in seqs.values() for ids in s)
         print(f"data {data}: {', '.join(f'{len(seqs[s])} {s}' for s in SPLITS)} | labels: "
               + ", ".join(f"{n} ({c})" for n, c in zip(labels, label_counts.tolist())))
         if n_cut:
-            print(f"note: {n_cut} texts longer than block_size={block_size} keep only their last {block_size} "
-                  f"{'characters' if tok.kind == 'char' else 'tokens'}")
+            unit = "characters" if tok.kind == "char" else "tokens"
+            print(f"note: {n_cut} texts are longer than block_size={block_size}: " + (
+                f"pool='last' reads only their last {block_size} {unit}" if pool == "last" else
+                f"read in windows of {block_size} {unit}, half a window apart (each {unit[:-1]} counted once)"))
         if n_unk:
             print(f"note: {n_unk} characters are not in the backbone's vocabulary and read as <unk>")
 
@@ -616,7 +662,7 @@ if __name__ == "__main__":
         probe = {}
         if cached:
             t0 = time.time()
-            feats = {s: all_features(clf, seqs[s], tok.pad_id, batch_size, device, ctx) for s in ("train", "val")}
+            feats = {s: all_features(clf, seqs[s], tok.pad_id, batch_size, ctx) for s in ("train", "val")}
             print(f"features of {len(seqs['train']) + len(seqs['val'])} texts computed once in {time.time() - t0:.1f}s")
             t0 = time.time()
             folds = min(5, int(label_counts.min()))  # every fold needs texts of every label
@@ -647,7 +693,7 @@ if __name__ == "__main__":
             if (it % eval_interval == 0 and it > 0) or it == n_iters or stop["signal"]:
                 with torch.no_grad():
                     logits = clf.head(feats["val"]) if cached else all_logits(clf, seqs["val"], tok.pad_id,
-                                                                              batch_size, device, ctx)
+                                                                              batch_size, ctx)
                     val_loss = F.cross_entropy(logits, ys["val"], weight=weights).item()
                 if not math.isfinite(val_loss):  # diverged: nothing worth saving
                     give_up(f"val loss became {val_loss:.3g} at iteration {it}; stopped, nothing saved by this run. "
@@ -689,7 +735,7 @@ if __name__ == "__main__":
             ix = order[pos:pos + bs]
             pos += bs
             clf.train()
-            logits = clf(*pad([seqs["train"][i] for i in ix.tolist()], tok.pad_id, device), ctx)  # (B, K)
+            logits = clf([seqs["train"][i] for i in ix.tolist()], tok.pad_id, ctx)  # (B, K)
             loss = F.cross_entropy(logits, ys["train"][ix.to(device)], weight=weights)
             if not torch.isfinite(loss):
                 give_up(f"loss became {loss.item()} at iteration {it}; stopped. The best checkpoint so far in "
@@ -713,8 +759,8 @@ if __name__ == "__main__":
     # test: the table ---------------------------------------------------------
     names, (test_texts, test_labels) = ckpt["labels"], test_split
     check_labels(test_labels, names, f"the test split of {data}")
-    test_seqs = [encode(tok, t, clf.backbone.config.block_size) for t in test_texts]  # the checkpoint's block_size
-    pred = all_logits(clf, test_seqs, tok.pad_id, batch_size, device, ctx).argmax(dim=-1).cpu()
+    test_seqs = [tok.encode(t) for t in test_texts]  # read in windows of the checkpoint's block_size
+    pred = all_logits(clf, test_seqs, tok.pad_id, batch_size, ctx).argmax(dim=-1).cpu()
     # the second baseline: TF-IDF n-grams + logistic regression, fitted on the same training texts
     train = [(t, names.index(lab)) for t, lab in zip(*splits.get("train", ([], []))) if lab in names]
     tfidf_pred = torch.as_tensor(tfidf_baseline(([t for t, _ in train], [i for _, i in train]), (test_texts, None),

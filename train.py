@@ -420,7 +420,7 @@ while True:
         print(f"eval {iter_num}: {train_part}val {losses['val']:.4f} nats/token "
               f"(~{losses['val'] * bits_per_nat_token:.3f} bits/byte)", flush=True)
         history.append({"iter": iter_num, "train_loss": losses.get("train"), "val_loss": losses["val"],
-                        "elapsed_s": round(time.time() - t_start, 2)})
+                        "elapsed_s": round(time.time() - t_start, 3)})
         improved = losses["val"] < best_val_loss
         best_val_loss = min(best_val_loss, losses["val"])
         save(last_path)  # first, so that a ckpt.pt on disk always has a last.pt beside it

@@ -62,9 +62,10 @@ def test_bench_race_two_configs(tiny_run, tmp_path):
     p, short = run_many([("bench.py", "--mode=race", f"--a={TINY}", f"--b={fast}", "--dataset=tiny", "--target=3.0",
                           "--budget=60", f"--race_dir={tmp_path / 'race'}"),
                          ("bench.py", "--mode=race", f"--a={TINY}", f"--b={fast}", "--dataset=tiny", "--target=3.0",
-                          "--budget=0.01", f"--race_dir={tmp_path / 'short'}")], cwd=tiny_run)
+                          "--budget=0.0005", f"--race_dir={tmp_path / 'short'}")], cwd=tiny_run)
     assert p.returncode == 0, p.stderr
-    # a budget that ends before any evaluation does: '-' in that column, not a traceback
+    # a budget that ends before any evaluation does (half a millisecond; elapsed_s has 3 decimals): '-' in that
+    # column, not a traceback
     assert short.returncode == 0 and all(r["best_val_within_budget"] is None
                                          for r in json.loads(short.stdout.strip().splitlines()[-1])), short.stderr
     rows = json.loads(p.stdout.strip().splitlines()[-1])

@@ -257,31 +257,67 @@ def test_read_table_formats_and_split(tmp_path, capsys):
 SHORT = "aab ba"
 LONG = "bbbbbbbbbbbbaaaaaaaabb ab"  # 25 characters, within block_size=32
 TAIL = "abbaab ba abab bbaa aabab baba b"  # exactly block_size=32 characters
-TRUNC = "b" * 10 + TAIL  # 42 characters: read as its last 32, which are TAIL
+TRUNC = "b" * 10 + TAIL  # 42 characters: longer than block_size=32
 
 
 @pytest.mark.parametrize("pool", ["last", "mean", "layers", "layers+max"])
-def test_padding_and_truncation(env, pool):
-    """Same text, padded to different lengths -> same probabilities; a long text keeps its end."""
+def test_padding_batches_and_long_texts(env, pool):
+    """The same probabilities however the texts are padded and batched (a long text's windows split across
+    batches included); a text longer than block_size: 'last' reads its end, the other pools all of it."""
     ckpt, clf, tok = fc.load_classifier(str(make_classifier(env / f"hand_{pool}", env / "base", pool)), "cpu")
     assert isinstance(clf, fc.Classifier) and clf.pool == pool and not clf.training
-    # batch_size=2 makes the batches [SHORT, LONG] (SHORT padded by 19), [TAIL, TRUNC], [TRUNC[:32], LONG]
-    # and [SHORT] alone (no padding)
-    texts = [SHORT, LONG, TAIL, TRUNC, TRUNC[:32], LONG, SHORT]
-    seqs = [fc.encode(tok, t, clf.backbone.config.block_size) for t in texts]
-    assert seqs[3] == tok.encode(TAIL)
-    probs = F.softmax(fc.all_logits(clf, seqs, tok.pad_id, 2, "cpu"), dim=-1)  # (7, 3)
+    texts = [SHORT, LONG, TAIL, TRUNC, TRUNC[:32], SHORT]
+    seqs = [tok.encode(t) for t in texts]
+    assert len(seqs[3]) == 42
+    # 3 windows at a time: SHORT is padded beside LONG, and TRUNC's two windows fall in different batches
+    probs = F.softmax(fc.all_logits(clf, seqs, tok.pad_id, 3), dim=-1)  # (6, 3)
+    alone = F.softmax(fc.all_logits(clf, seqs, tok.pad_id, 1), dim=-1)  # one window at a time: no padding
+    assert torch.allclose(probs, alone, atol=1e-5), (probs, alone)
 
     def diff(i, j):
         return (probs[i] - probs[j]).abs().max().item()
 
-    assert diff(0, 6) < 1e-5, probs  # padded vs not padded
-    assert diff(3, 2) < 1e-5, probs  # the long text is read as its end...
-    assert diff(3, 4) > 1e-2, probs  # ...not as its start
+    if pool == "last":
+        assert diff(3, 2) < 1e-5 and diff(3, 4) > 1e-2, probs  # the long text is read as its end, not its start
+    else:  # the long text is read whole: neither its end alone (its first 10 characters count) nor its start
+        assert diff(3, 2) > 1e-3 and diff(3, 4) > 1e-3, probs
     assert diff(0, 1) > 1e-2, probs  # (the probabilities do depend on the text: the checks above mean something)
-    idx, lengths = fc.pad(seqs[:2], tok.pad_id, "cpu")  # forward = head(features): the logits of one batch
-    assert idx.shape == (2, 25) and (idx[0, 6:] == tok.pad_id).all() and lengths.tolist() == [6, 25]
-    assert torch.allclose(F.softmax(clf(idx, lengths), dim=-1), probs[:2], atol=1e-6)
+    # forward = head(features): the logits of one batch
+    assert torch.allclose(F.softmax(clf(seqs[:4], tok.pad_id), dim=-1), probs[:4], atol=1e-6)
+
+
+def test_windows_cover_a_long_text_once_with_half_a_block_of_context():
+    """fc.windows: each token counted in exactly one window, with at least half a block of context after the
+    first window; windows of at most block_size tokens, the last one ending at the text's end."""
+    assert fc.windows(10, 32) == [(0, 10, 0)] and fc.windows(32, 32) == [(0, 32, 0)]
+    assert fc.windows(42, 32) == [(0, 32, 0), (10, 42, 32)]
+    assert fc.windows(42, 32, last_only=True) == [(10, 42, 10)]
+    for n in (33, 47, 48, 49, 100, 257, 1000):
+        for bs in (32, 256, 7):
+            w = fc.windows(n, bs)
+            counted = [i for a, b, c in w for i in range(c, b)]
+            assert counted == list(range(n)), (n, bs, w)  # every token once, in order
+            assert all(b - a <= bs and a <= c < b for a, b, c in w) and w[-1][1] == n
+            assert all(c - a >= bs // 2 for a, b, c in w[1:]), (n, bs, w)  # context before the counted tokens
+
+
+def test_long_text_is_read_in_windows(env):
+    """A text of 42 characters at block_size=32, 'layers+max': windows [0, 32) and [10, 42), the second one
+    counting its tokens from 32 on; the features are the means and maxima over the 42 counted tokens."""
+    _, clf, tok = fc.load_classifier(str(make_classifier(env / "hand_win", env / "base", "layers+max")), "cpu")
+    ids = tok.encode(TRUNC)
+    gpt = clf.backbone
+    with torch.no_grad():
+        f = clf.features([ids], tok.pad_id)[0]
+        first = gpt.hidden_states(torch.tensor([ids[:32]]), every_layer=True)
+        first_units = [b.mlp.act[0] for b in gpt.h]  # (32, 64) each
+        second = gpt.hidden_states(torch.tensor([ids[10:]]), every_layer=True)
+        second_units = [b.mlp.act[0, 22:] for b in gpt.h]  # its tokens 22.. are the text's 32..41
+    means = [torch.cat([x[0], y[0, 22:]]).mean(dim=0) for x, y in zip(first, second)]
+    maxima = [torch.cat([x, y]).amax(dim=0) for x, y in zip(first_units, second_units)]
+    assert f.shape == (176,) and torch.allclose(f, torch.cat(means + maxima), atol=1e-5)
+    with torch.no_grad():  # not the same as reading the last 32 characters alone
+        assert not torch.allclose(f, clf.features([ids[10:]], tok.pad_id)[0], atol=1e-3)
 
 
 def test_layers_pool_puts_every_layers_mean_side_by_side(env):
@@ -289,12 +325,13 @@ def test_layers_pool_puts_every_layers_mean_side_by_side(env):
     part alone): (B, (n_layer + 1) * n_embd) features, and a head that wide."""
     _, lay, tok = fc.load_classifier(str(make_classifier(env / "hand_layers2", env / "base", "layers")), "cpu")
     _, mean, _ = fc.load_classifier(str(make_classifier(env / "hand_mean2", env / "base", "mean")), "cpu")
-    idx, lengths = fc.pad([tok.encode(SHORT), tok.encode(LONG)], tok.pad_id, "cpu")
+    seqs = [tok.encode(SHORT), tok.encode(LONG)]  # SHORT padded by 19
     with torch.no_grad():
-        f = lay.features(idx, lengths)
+        f = lay.features(seqs, tok.pad_id)
         assert f.shape == (2, 48) and lay.head.in_features == 48
-        assert torch.allclose(f[:, 32:], mean.features(idx, lengths), atol=1e-6)  # the last part: 'mean'
-        x = lay.backbone.wte(idx[:1, :6]) + lay.backbone.wpe.weight[:6]  # SHORT's first block by hand, no padding
+        assert torch.allclose(f[:, 32:], mean.features(seqs, tok.pad_id), atol=1e-6)  # the last part: 'mean'
+        idx = torch.tensor(seqs[:1])  # SHORT's first block by hand, no padding
+        x = lay.backbone.wte(idx) + lay.backbone.wpe.weight[:6]
         assert torch.allclose(f[0, :16], lay.backbone.h[0](x, lay.backbone.mask[:6, :6]).mean(dim=1)[0], atol=1e-5)
         assert not torch.allclose(f[:, :16], f[:, 16:32])  # the layers differ: the parts are not copies
 
@@ -304,13 +341,13 @@ def test_layers_max_pool_adds_each_mlp_units_largest_activation(env):
     hidden unit over the text's real tokens (never over the pads): (B, 3 * 16 + 2 * 64) features."""
     _, mx, tok = fc.load_classifier(str(make_classifier(env / "hand_max", env / "base", "layers+max")), "cpu")
     _, lay, _ = fc.load_classifier(str(make_classifier(env / "hand_layers3", env / "base", "layers")), "cpu")
-    idx, lengths = fc.pad([tok.encode(SHORT), tok.encode(LONG)], tok.pad_id, "cpu")  # SHORT padded by 19
+    seqs = [tok.encode(SHORT), tok.encode(LONG)]  # SHORT padded by 19
     with torch.no_grad():
-        f = mx.features(idx, lengths)
+        f = mx.features(seqs, tok.pad_id)
         assert f.shape == (2, 176) and mx.head.in_features == 176
-        assert torch.allclose(f[:, :48], lay.features(idx, lengths), atol=1e-6)  # first: the 'layers' means
+        assert torch.allclose(f[:, :48], lay.features(seqs, tok.pad_id), atol=1e-6)  # first: the 'layers' means
         gpt = mx.backbone  # SHORT's first block by hand, no padding: its MLP units' activations, (6, 64)
-        x = gpt.wte(idx[0, :6]) + gpt.wpe.weight[:6]
+        x = gpt.wte(torch.tensor(seqs[0])) + gpt.wpe.weight[:6]
         x = x + gpt.h[0].attn(gpt.h[0].ln_1(x)[None], gpt.mask[:6, :6])[0]
         units = F.gelu(gpt.h[0].mlp.c_fc(gpt.h[0].ln_2(x)))
         assert torch.allclose(f[0, 48:112], units.max(dim=0).values, atol=1e-5)
