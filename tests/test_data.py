@@ -50,29 +50,38 @@ def test_corpus_size_topics_and_no_repetition():
 
 def test_instruction_files_schema_sizes_and_no_leak():
     train, test, test2 = read_jsonl("train.jsonl"), read_jsonl("test.jsonl"), read_jsonl("test2.jsonl")
-    test3 = read_jsonl("test3.jsonl")
-    for rows in (train, test, test2, test3):
+    test3, test4 = read_jsonl("test3.jsonl"), read_jsonl("test4.jsonl")
+    for rows in (train, test, test2, test3, test4):
         for r in rows:
             assert set(r) == {"prompt", "response", "kind"} and r["prompt"].strip() and r["response"].strip()
             assert r["kind"] in FACTS + ("abstain",) or r["kind"].startswith("fact:")
-    for rows, minimum in ((train, 60), (test, 20), (test2, 20), (test3, 9)):
+    for rows, minimum in ((train, 60), (test, 20), (test2, 20), (test3, 9), (test4, 20)):
         counts = collections.Counter(r["kind"] for r in rows)
         for kind in FACTS + ("abstain",):
             assert counts[kind] >= minimum, (kind, counts[kind])
     # one consistent answer per kind; abstentions say "No lo sé"
     for kind in FACTS + ("abstain",):
-        assert len({r["response"] for r in train + test + test2 + test3 if r["kind"] == kind}) == 1
-    assert all(r["response"].startswith("No lo sé") for r in train + test + test2 + test3 if r["kind"] == "abstain")
+        assert len({r["response"] for r in train + test + test2 + test3 + test4 if r["kind"] == kind}) == 1
+    assert all(r["response"].startswith("No lo sé") for r in train + test + test2 + test3 + test4
+               if r["kind"] == "abstain")
     near_misses = [r for r in train + test if r["kind"] == "abstain" and any(
         w in norm(r["prompt"]) for w in ("perro", "gato", "costa rica", "capital"))]
     assert len(near_misses) >= 40
-    # the three held-out files share no prompt with training or with each other
+    # the four held-out files share no prompt with training or with each other
     train_prompts = {norm(r["prompt"]) for r in train}
-    assert not [r["prompt"] for r in test + test2 + test3 if norm(r["prompt"]) in train_prompts]
-    for a, b in ((test, test2), (test, test3), (test2, test3)):
-        assert not {norm(r["prompt"]) for r in a} & {norm(r["prompt"]) for r in b}
-    for rows in (test, test2, test3):
+    assert not [r["prompt"] for r in test + test2 + test3 + test4 if norm(r["prompt"]) in train_prompts]
+    held = (test, test2, test3, test4)
+    for i, a in enumerate(held):
+        for b in held[i + 1:]:
+            assert not {norm(r["prompt"]) for r in a} & {norm(r["prompt"]) for r in b}
+    for rows in held:
         assert len({norm(r["prompt"]) for r in rows}) == len(rows)
+    # test4 was filtered harder: nothing within difflib ratio 0.9 of a training question or conversation
+    # turn (near_copies compares the pairs that share two word pairs or more)
+    chat = read_jsonl("chat_train.jsonl")
+    trained = [r["prompt"] for r in train + chat] + [q for c in chat for q, _ in c["history"]]
+    close, compared = near_copies([r["prompt"] for r in test4], trained, threshold=0.9)
+    assert compared > 100 and not close, close[:3]
 
 
 def test_sentiment_splits_balanced_and_disjoint():
@@ -106,24 +115,53 @@ def test_prepared_vocabulary_covers_every_shipped_character(tmp_path):
             assert not missing, (path, missing)
 
 
+def near_copies(texts, labelled, threshold=0.7):
+    """(text, labelled text) pairs within difflib ratio `threshold` after norm(), checked for every pair that
+    shares at least two word pairs (all 3.6M pairs of the opinions take minutes; the five near copies once
+    found shared four or more). Returns the close pairs and how many pairs were compared."""
+    import difflib
+
+    def word_pairs(s):
+        w = s.split()
+        return {(a, b) for a, b in zip(w, w[1:])}
+    labelled = [norm(t) for t in labelled]
+    index = collections.defaultdict(list)  # word pair -> the labelled texts that have it
+    for j, t in enumerate(labelled):
+        for g in word_pairs(t):
+            index[g].append(j)
+    close, compared = [], 0
+    for p in map(norm, texts):
+        shared = collections.Counter(j for g in word_pairs(p) for j in index.get(g, ()))
+        sm = difflib.SequenceMatcher(None, autojunk=False)
+        sm.set_seq2(p)  # difflib indexes its second text once; the first is swapped below
+        for j in (j for j, n in shared.items() if n >= 2):
+            sm.set_seq1(labelled[j])
+            compared += 1
+            if sm.real_quick_ratio() >= threshold and sm.quick_ratio() >= threshold and sm.ratio() >= threshold:
+                close.append((p, labelled[j]))
+    return close, compared
+
+
 def test_opinions_are_unlabelled_and_disjoint_from_the_sentiment_set():
     """The opinions mixed into pretraining must not contain the labelled reviews (or near copies):
     otherwise pretraining would see the test set."""
-    import difflib
     files = sorted(glob.glob(os.path.join(ES, "reviews", "*.txt")))
     paragraphs = [p.strip() for f in files for p in open(f, encoding="utf-8").read().split("\n\n") if p.strip()]
     assert len(paragraphs) >= 2000 and len({norm(p) for p in paragraphs}) == len(paragraphs)
-    labelled = [norm(t) for name in ("train.tsv", "val.tsv", "test.tsv") for t, _ in read_tsv(name)]
-    labelled_set = set(labelled)
-    close = []
-    for p in map(norm, paragraphs):
-        assert p not in labelled_set
-        sm = difflib.SequenceMatcher(None, p, autojunk=False)
-        for t in labelled:
-            sm.set_seq1(t)
-            if sm.real_quick_ratio() >= 0.7 and sm.quick_ratio() >= 0.7 and sm.ratio() >= 0.7:
-                close.append((p, t))
-    assert not close, close[:3]
+    labelled = [t for name in ("train.tsv", "val.tsv", "test.tsv") for t, _ in read_tsv(name)]
+    assert not {norm(p) for p in paragraphs} & {norm(t) for t in labelled}
+    close, compared = near_copies(paragraphs, labelled)
+    assert compared > 1000 and not close, close[:3]
+
+
+def test_near_copy_check_catches_a_real_paraphrase():
+    """The check above can fail: an opinion removed on 2026-12-01 as a near copy of a labelled review
+    (ratio 0.71) is caught, and an unrelated one is not."""
+    labelled = [t for name in ("train.tsv", "val.tsv", "test.tsv") for t, _ in read_tsv(name)]
+    removed = ("Reservamos mesa para las nueve y nos sentaron a las diez menos cuarto. Encima se habían quedado "
+               "sin el pescado del día. Mal, muy mal.")
+    close, _ = near_copies([removed, "Me encantó el concierto de anoche, volvería mañana mismo."], labelled)
+    assert [p for p, _ in close] == [norm(removed)]
 
 
 def test_books_match_their_documented_checksums():
