@@ -123,15 +123,24 @@ def test_faq_toggle_changes_source(at):
     assert ask(at, q)["source"] == "FAQ"
 
 
-def test_sliders_reach_the_model(at):
+def test_sliders_reach_the_model(at, monkeypatch):
+    import chat
+    calls, real = [], chat.answer_stream
+
+    def spy(model, tok, prompt, max_new_tokens, temperature, top_k, **kw):  # what generation is asked for
+        calls.append((max_new_tokens, temperature, top_k))
+        return real(model, tok, prompt, max_new_tokens, temperature, top_k, **kw)
+    monkeypatch.setattr(chat, "answer_stream", spy)  # the app imports it when it answers
     at.toggle(key="faq").set_value(False).run()
     at.slider(key="max_new_tokens").set_value(8).run()
     m = ask(at, "¿Qué hora es?")
     assert m["source"] == "modelo" and m["tokens"] <= 8 and "máx=8" in m["settings"]
+    assert calls[-1][0] == 8
     at.slider(key="temperature").set_value(0.8).run()
     at.slider(key="top_k").set_value(5).run()
     m = ask(at, "¿Qué hora es?")
     assert m["tokens"] <= 8 and "T=0.8" in m["settings"] and "top-k=5" in m["settings"]
+    assert calls[-1] == (8, pytest.approx(0.8), 5)  # the sliders' values reach generation, not only the label
     assert at.slider(key="top_k").max <= 200
 
 

@@ -84,7 +84,9 @@ def test_bits_per_byte_from_the_cli(tiny_run):
     r = out[0]
     assert r["bytes"] == len(text.encode("utf-8")) and r["tokens"] == len(text)  # characters: one token each
     assert r["bits_per_byte"] == pytest.approx(r["nats_per_token"] * r["tokens"] / (math.log(2) * r["bytes"]))
-    assert 0 < r["bits_per_byte"] < 8  # a trained model does better than 8 bits per byte
+    # trained: well under the ~7 bits per byte of a uniform guess over the 128-entry vocabulary (the tiny run
+    # measures ~3.8; untrained, it scores ~7.0)
+    assert 0 < r["bits_per_byte"] < 5
 
 
 def test_instruction_files_ours_and_alpaca(out_root, tmp_path):
