@@ -257,11 +257,14 @@ class Classifier(nn.Module):
     """A GPT backbone, a pooling ('last' | 'mean' | 'layers' | 'layers+max') and a linear head: one score
     per label and text."""
 
-    def __init__(self, backbone, n_labels, pool="layers+max"):
+    def __init__(self, backbone, n_labels, pool="layers+max", whole=True):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
-        self.backbone, self.pool = backbone, pool
+        # whole: a text longer than block_size is read in windows (windows()); otherwise as its last block_size
+        # tokens. Training the backbone on every window of a batch would hold all their activations for the
+        # backward pass at once (a 1,000-character text is 7 windows), so freeze=last_n/none read the end
+        self.backbone, self.pool, self.whole = backbone, pool, whole
         cfg = backbone.config
         # 'layers' reads n_layer + 1 vectors of n_embd per text: the head sees them side by side
         width = cfg.n_embd * (cfg.n_layer + 1 if pool.startswith("layers") else 1)
@@ -309,7 +312,8 @@ class Classifier(nn.Module):
         device = self.head.weight.device
         rows, starts, owner = [], [], []  # every window of every text, in order
         for i, ids in enumerate(seqs):
-            for a, b, c in windows(len(ids), self.backbone.config.block_size, last_only=self.pool == "last"):
+            for a, b, c in windows(len(ids), self.backbone.config.block_size,
+                                   last_only=self.pool == "last" or not self.whole):
                 rows.append(ids[a:b])
                 starts.append(c - a)
                 owner.append(i)
@@ -357,7 +361,8 @@ def load_classifier(path, device, cli=True):
         state, labels = ckpt["model"], ckpt.get("labels")
         if "head.weight" not in state or "head.bias" not in state or not labels or ckpt.get("pool") not in POOLS:
             raise CheckpointError(f"{path}: a 'cls' checkpoint without its head, labels or pooling")
-        clf = Classifier(gpt, len(labels), ckpt["pool"])
+        # how its run read long texts (checkpoints from before 2026-12-01 say nothing: whole, as probes now do)
+        clf = Classifier(gpt, len(labels), ckpt["pool"], whole=ckpt.get("long_texts", "windows") == "windows")
         try:
             clf.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
         except RuntimeError:  # a size mismatch
@@ -623,8 +628,9 @@ if __name__ == "__main__":
         if n_cut:
             unit = "characters" if tok.kind == "char" else "tokens"
             print(f"note: {n_cut} texts are longer than block_size={block_size}: " + (
-                f"pool='last' reads only their last {block_size} {unit}" if pool == "last" else
-                f"read in windows of {block_size} {unit}, half a window apart (each {unit[:-1]} counted once)"))
+                f"read in windows of {block_size} {unit}, half a window apart (each {unit[:-1]} counted once)"
+                if freeze == "backbone" and pool != "last" else f"only their last {block_size} {unit} are read" +
+                ("" if pool == "last" else " (a trained backbone reads the end; freeze=backbone reads them whole)")))
         if n_unk:
             print(f"note: {n_unk} characters are not in the backbone's vocabulary and read as <unk>")
 
@@ -637,7 +643,7 @@ if __name__ == "__main__":
                 backbone, _ = model_from_checkpoint(base, device)
         except (CheckpointError, TypeError, ValueError) as e:
             fail(str(e).splitlines()[0])
-        clf = Classifier(backbone, len(labels), pool).to(device)
+        clf = Classifier(backbone, len(labels), pool, whole=freeze == "backbone").to(device)
         trainable = set_trainable(backbone, freeze, unfreeze_last)
         optimizer = torch.optim.AdamW(param_groups(clf.head.parameters(), weight_decay, learning_rate)
                                       + param_groups(trainable, weight_decay, backbone_lr or learning_rate),
@@ -711,7 +717,8 @@ if __name__ == "__main__":
                     if improved:
                         save_checkpoint({"kind": "cls", "model_args": model_args, "model": clf.checkpoint_state(),
                                          **tok.state(), "labels": labels, "label_counts": label_counts.tolist(),
-                                         "pool": pool, "config": config, "iter_num": it, "history": history, **probe,
+                                         "pool": pool, "long_texts": "windows" if clf.whole else "end",
+                                         "config": config, "iter_num": it, "history": history, **probe,
                                          "best_val": {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                                                       "loss": val_loss}}, run_files["ckpt.pt"])
                     # one line per evaluation, for plots (the app reads these logs); the first evaluation

@@ -396,6 +396,24 @@ def test_freeze_modes_freeze_exactly_what_they_say(runs):
     assert "computed once" in out["backbone"][0].stdout and "computed once" not in out["last_n"][0].stdout
 
 
+def test_trained_backbones_read_a_long_texts_end_probes_read_it_whole(runs):
+    """A run that trains the backbone reads a long text as its last block_size tokens (all its windows'
+    activations at once would not fit a laptop's memory), says so in its checkpoint, and the loaded
+    classifier reads texts the same way; a probe's checkpoint says 'windows'."""
+    d, out = runs
+    assert out["backbone"][1]["long_texts"] == "windows"
+    assert out["last_n"][1]["long_texts"] == "end" and out["none"][1]["long_texts"] == "end"
+    _, trained, tok = fc.load_classifier(str(d / "cls_last_n"), "cpu")
+    _, probe, _ = fc.load_classifier(str(d / "cls_backbone"), "cpu")
+    assert not trained.whole and probe.whole
+    with torch.no_grad():
+        assert torch.allclose(trained.features([tok.encode(TRUNC)], tok.pad_id),
+                              trained.features([tok.encode(TAIL)], tok.pad_id), atol=1e-6)  # the end only
+        assert not torch.allclose(probe.features([tok.encode(TRUNC)], tok.pad_id),
+                                  probe.features([tok.encode(TAIL)], tok.pad_id), atol=1e-4)
+    assert "only their last 32 characters are read" in out["last_n"][0].stdout
+
+
 def test_train_labels_takes_a_balanced_subset(runs):
     """--train_labels=N (the learning curve): N // 2 texts per label, val and test untouched. (This run also
     pools 'layers': its head reads 3 x 16 features.)"""
