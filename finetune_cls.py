@@ -10,7 +10,8 @@ Finetune the pretrained GPT as a text classifier (the shipped task: reviews, pos
     python finetune_cls.py --out_dir=out-cls --predict_file=reviews.txt    # one text per line
 
 How it works: each text goes through the GPT, right-padded with <pad> to the longest text of its
-batch (a text longer than block_size in windows half a block apart, each token counted once: windows()). One vector per text is read from the hidden states (pool='last': the last real token's final
+batch (a text longer than block_size in windows half a block apart, each token counted once: windows()).
+One vector per text is read from the hidden states (pool='last': the last real token's final
 state; 'mean': the mean of the final states over the real tokens; 'layers': that mean for every
 block's output and the final states, side by side; 'layers+max', the default: those, and each MLP
 hidden unit's largest activation over the text) and a linear head turns it into one score per label. With the
@@ -301,14 +302,15 @@ class Classifier(nn.Module):
         # each MLP hidden unit's largest activation over the counted tokens, (W, 4C) per block. A unit is a
         # detector (of a word, an ending, a turn of phrase); a mean blurs whether it fired at all, a maximum
         # says so, as a bag of words does for its words
-        maxima = torch.cat([b.mlp.act.float().masked_fill(~counted, float("-inf")).amax(dim=1) for b in self.backbone.h],
-                           dim=-1)
+        maxima = torch.cat([b.mlp.act.float().masked_fill(~counted, float("-inf")).amax(dim=1)
+                            for b in self.backbone.h], dim=-1)
         return sums, counted.sum(dim=1).float(), maxima
 
     def features(self, seqs, pad_id, ctx=nullcontext(), batch_size=None):
         """Id lists of N texts -> (N, W), one vector per text (W = head.in_features: C, or more for the
         'layers' pools): the means over each text's tokens, then (with 'layers+max') the maxima. A text
-        longer than block_size is read in windows (windows()), batch_size of them at a time (None: all)."""
+        longer than block_size is read in windows (windows(); its last one only for pool='last' or when not
+        self.whole), batch_size windows at a time (None: all)."""
         device = self.head.weight.device
         rows, starts, owner = [], [], []  # every window of every text, in order
         for i, ids in enumerate(seqs):
@@ -377,8 +379,8 @@ def load_classifier(path, device, cli=True):
 
 @torch.no_grad()
 def classify(clf, tok, texts, batch_size=32, ctx=nullcontext()):
-    """(N, K) label probabilities of texts (--predict and the app); long texts are read in windows of the
-    checkpoint's own block_size."""
+    """(N, K) label probabilities of texts (--predict and the app); a long text is read as the classifier's
+    run read it (Classifier.whole: in windows of the checkpoint's block_size, or its end)."""
     seqs = [tok.encode(prepare_text(t)) for t in texts]
     return F.softmax(all_logits(clf, seqs, tok.pad_id, batch_size, ctx).float(), dim=-1).cpu()  # (N, K)
 
