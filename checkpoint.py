@@ -141,6 +141,29 @@ def pad_batch(seqs, value):
     return out
 
 
+def windows(n, block_size, last_only=False):
+    """How a text of n tokens is read: a list of (start, end, counted_from) windows of its ids.
+
+    A text that fits is one window. A longer one is read in windows of block_size tokens, each half a
+    block after the one before (the last one ends at the text's end), as sampling slides its window. Each
+    token is counted once, in the first window that gives it at least half a block of context, so a mean
+    or a maximum over the counted tokens of all windows is one over the whole text (the classifier's
+    features), and a loss summed over them scores every token once (evaluate.py). last_only: the last
+    window only, the block_size tokens before the text's last one (pool='last' reads one token)."""
+    if n <= block_size:
+        return [(0, n, 0)]
+    if last_only:
+        return [(n - block_size, n, n - block_size)]
+    out, start, counted = [], 0, 0
+    while True:
+        start = min(start, n - block_size)
+        out.append((start, start + block_size, counted))
+        if start + block_size == n:
+            return out
+        counted = start + block_size  # the next window counts from where this one ends
+        start += max(1, block_size // 2)
+
+
 def save_checkpoint(ckpt, path):
     """torch.save through atomic_write: the previous checkpoint survives any failure. The bytes are made
     in memory first, so a full disk surfaces as the OSError it is ("No space left on device"), not as

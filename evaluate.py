@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from chat import prompt_ids
-from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device
+from checkpoint import CheckpointError, autocast, load_checkpoint, model_from_checkpoint, pick_device, windows
 from configurator import configure, fail, json_lines
 from corpus import CorpusError, read_text
 from tokenizer import StreamDecoder, clean_text, instruction_example, load_tokenizer, strip_accents
@@ -215,21 +215,17 @@ def score(model, ids, first, ctx, batch_size=16):
     advance by half a window, and each scores only its second half (its first window: everything from
     `first`), so every token but the earliest has at least block_size/2 tokens of context."""
     model.eval()
-    block = model.config.block_size
-    stride = max(1, block // 2)
     if first >= len(ids):
         return 0.0, 0
-    # (start, first scored target, end): inputs ids[start:end-1] (at most block tokens), targets ids[start+1:end]
-    end = min(len(ids), block + 1)
-    windows = [(0, first, end)]
-    while end < len(ids):
-        t, end = end, min(end + stride, len(ids))
-        windows.append((max(0, end - 1 - block), t, end))
+    # the windows of the inputs ids[:-1] (checkpoint.windows), as (start, first scored target, end): inputs
+    # ids[start:end-1] (at most block tokens), targets ids[start+1:end]; the first one scores from `first`
+    spans = [(a, c + 1, b + 1) for a, b, c in windows(len(ids) - 1, model.config.block_size)]
+    spans[0] = (0, first, spans[0][2])
     device = model.wte.weight.device
     data = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     total = 0.0
     by_len = {}
-    for w in windows:
+    for w in spans:
         by_len.setdefault(w[2] - 1 - w[0], []).append(w)
     for length, group in by_len.items():
         for s in range(0, len(group), batch_size):

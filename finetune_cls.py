@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from checkpoint import (CheckpointError, Staged, atomic_write_text, autocast, grad_scaler, load_checkpoint,
                         model_from_checkpoint, pad_batch, param_groups, pick_device, prepare_out_dir, resolve_dtype,
-                        save_checkpoint, scaled_step)
+                        save_checkpoint, scaled_step, windows)
 import configurator
 from configurator import catch_stop_signals, configure, fail, jsonl_objects, stop_exit_code
 from corpus import CorpusError, detect_encoding
@@ -224,28 +224,6 @@ def check_labels(split_labels, known, where):
     if unknown:
         fail(f"{where} has labels the classifier does not know: {', '.join(map(repr, unknown[:5]))} "
              f"(known: {', '.join(known)})")
-
-
-def windows(n, block_size, last_only=False):
-    """How a text of n tokens is read: a list of (start, end, counted_from) windows of its ids.
-
-    A text that fits is one window. A longer one is read in windows of block_size tokens, each half a
-    block after the one before (the last one ends at the text's end), as sampling slides its window. Each
-    token is counted once, in the first window that gives it at least half a block of context, so a mean
-    or a maximum over the counted tokens of all windows is one over the whole text. last_only (pool='last',
-    which reads one token): the last window only, the block_size tokens before the text's last one."""
-    if n <= block_size:
-        return [(0, n, 0)]
-    if last_only:
-        return [(n - block_size, n, n - block_size)]
-    out, start, counted = [], 0, 0
-    while True:
-        start = min(start, n - block_size)
-        out.append((start, start + block_size, counted))
-        if start + block_size == n:
-            return out
-        counted = start + block_size  # the next window counts from where this one ends
-        start += max(1, block_size // 2)
 
 
 def pad(seqs, pad_id, device):

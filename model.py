@@ -142,16 +142,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One layer of the residual stream x (B, T, C): attention, then the MLP, each reading a normalized copy
+    of x and adding what it computes back to x (pre-norm). The names are GPT-2's checkpoint keys."""
+
     def __init__(self, cfg):
         super().__init__()
-        self.ln_1 = make_norm(cfg)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = make_norm(cfg)
-        self.mlp = MLP(cfg)
+        self.ln_1, self.attn = make_norm(cfg), CausalSelfAttention(cfg)  # tokens talk to each other
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)  # then each token thinks on its own
 
     def forward(self, x, mask, rot=None, cache=None, pos=None):
-        x = x + self.attn(self.ln_1(x), mask, rot, cache, pos)  # tokens talk to each other
-        return x + self.mlp(self.ln_2(x))  # then each token thinks on its own
+        heard = self.attn(self.ln_1(x), mask, rot, cache, pos)  # (B, T, C) what each token gathered from earlier ones
+        x = x + heard
+        return x + self.mlp(self.ln_2(x))  # (B, T, C) plus what each token made of it on its own
 
 
 class GPT(nn.Module):
