@@ -539,7 +539,7 @@ def bench_resplit():
     names = sorted(set(own["train"][1]))
     fc.check_labels(labels, names, f"the val/test splits of {cfg['data']}")
     y = torch.tensor([names.index(lab) for lab in labels])  # (N,)
-    seqs = [tok.encode(t) for t in texts]  # a long text is read in windows (fc.windows)
+    seqs = [tok.encode(t) for t in texts]  # a long text is read in windows (checkpoint.windows)
     X = {}  # pool -> (N, W): the frozen backbone's vectors, computed once per pooling
     for p in names_of_pools:
         X[p] = fc.all_features(fc.Classifier(gpt, len(names), p).to(device), seqs, tok.pad_id, 32).cpu()
