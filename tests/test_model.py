@@ -265,11 +265,14 @@ def test_the_shared_training_rules():
 @pytest.mark.parametrize("use_sdpa", [True, False])
 def test_cache_fill_attends_causally_among_its_own_tokens(monkeypatch, use_sdpa):
     """Filling a fresh cache is a pass without one: same logits, the window's keys written to its first
-    slots, and (SDPA) the causal kernel without a mask over the empty slots; the next steps then attend
-    to every slot through the mask."""
+    slots, and (SDPA) the causal kernel without a mask over the empty slots; the last block writes every
+    token's keys but computes the last token's output only; the next steps then attend to every slot
+    through the mask."""
     m = _model(seed=6, use_sdpa=use_sdpa, **ARCHS[1])
     idx = torch.randint(0, 23, (3, 10))
-    calls = []
+    calls, mlp_rows = [], []
+    for block in m.h:  # how many tokens each block's MLP computes
+        block.mlp.register_forward_pre_hook(lambda mod, args: mlp_rows.append(args[0].size(1)))
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda q, k, v, attn_mask=None, is_causal=False, dropout_p=0.0:
@@ -283,9 +286,13 @@ def test_cache_fill_attends_causally_among_its_own_tokens(monkeypatch, use_sdpa)
         step = m.next_logits(idx[:, -1:], caches, torch.tensor([10]))
     assert torch.allclose(filled, uncached, atol=1e-5)
     assert k.shape[2] == 16 and k[:, :, :10].abs().sum() > 0 and k[:, :, 10:].abs().sum() == 0
+    assert all(c["k"][:, :, :10].abs().sum() > 0 for c in caches)  # the last block's keys too
+    assert mlp_rows == [10, 1, 10, 10, 1, 1]  # fill: 10 then the last token; without a cache 10 and 10; step
     assert torch.allclose(step, m.next_logits(torch.cat([idx, idx[:, -1:]], 1)), atol=1e-5)
-    if use_sdpa:  # per layer: the fill and the pass without a cache (10 queries, 10 keys, causal), the step
-        assert calls[:6] == [(10, 10, True, True)] * 4 + [(1, 16, False, False)] * 2
+    if use_sdpa:  # per layer: the fill (10 queries, 10 keys, causal; the last block: 1 query, no mask needed),
+        # the pass without a cache (causal), the step (1 query over every slot, masked)
+        assert calls[:6] == [(10, 10, True, True), (1, 10, True, False)] + [(10, 10, True, True)] * 2 + \
+            [(1, 16, False, False)] * 2
     else:
         assert calls == []
 
