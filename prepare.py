@@ -174,6 +174,7 @@ else:
              f"is left that occurs twice), so at most --vocab_size={len(tok)}")
     print(f"BPE: {made:,} merges in {time.time() - t1:.1f} s")
     del chunks
+tok.lowercase = lowercase  # saved with it (state()): every script then lowercases what it encodes
 bin_dtype = "uint16" if len(tok) <= 1 << 16 else "uint32"  # token files: 2 bytes per token while ids fit
 try:
     prepare_out_dir(out_dir)

@@ -83,6 +83,9 @@ class Tokenizer:
     decoding and the chat template are here, once."""
     pad_id, unk_id, instr_id, resp_id, eos_id = PAD, UNK, INSTR, RESP, EOS
     specials = SPECIALS
+    # prepare.py --lowercase=True: the vocabulary was built from lowercased text, so encode() lowercases
+    # whatever it is given (a prompt, a file to score, a text to classify) as the training text was
+    lowercase = False
 
     @property
     def sys_id(self):
@@ -206,13 +209,13 @@ class CharTokenizer(Tokenizer):
 
     def state(self):
         """What meta.json and every checkpoint store to rebuild this tokenizer (plain lists)."""
-        return {"tokenizer": "char", "vocab": self.vocab}
+        return {"tokenizer": "char", "vocab": self.vocab, **({"lowercase": True} if self.lowercase else {})}
 
     def token_bytes(self, i):
         return self._bytes[i]
 
     def encode(self, text):
-        return [self.stoi.get(ch, self.unk_id) for ch in text]
+        return [self.stoi.get(ch, self.unk_id) for ch in (text.lower() if self.lowercase else text)]
 
     def encode_array(self, text):
         """encode() for long texts, as a numpy uint32 array: the text's code points (UTF-32) index a
@@ -222,6 +225,7 @@ class CharTokenizer(Tokenizer):
             self._table = np.full(0x110000, self.unk_id, dtype=np.uint32)
             for ch, i in self.stoi.items():
                 self._table[ord(ch)] = i
+        text = text.lower() if self.lowercase else text
         return self._table[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)]
 
 
@@ -279,7 +283,7 @@ class BPETokenizer(Tokenizer):
 
     def state(self):
         return {"tokenizer": "bpe", "merges": [list(m) for m in self.merges], "pattern": self.pattern,
-                "specials": self.specials}
+                "specials": self.specials, **({"lowercase": True} if self.lowercase else {})}
 
     def token_bytes(self, i):
         return self._bytes[i]
@@ -296,7 +300,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text):
         out = []
-        for chunk in self.split.findall(text):
+        for chunk in self.split.findall(text.lower() if self.lowercase else text):
             ids = self.cache.get(chunk)
             if ids is None:
                 if len(self.cache) > 500_000:  # bounded memory on huge corpora
@@ -364,8 +368,11 @@ class BPETokenizer(Tokenizer):
 def load_tokenizer(d):
     """The tokenizer saved in a meta.json or checkpoint dict (see state()): BPE or characters."""
     if d.get("tokenizer", "char") == "bpe":  # (the first BPE files, without "specials", had five)
-        return BPETokenizer(d["merges"], d.get("pattern", SPLIT_PATTERN), d.get("specials", SPECIALS[:EOS + 1]))
-    return CharTokenizer(d["vocab"])
+        tok = BPETokenizer(d["merges"], d.get("pattern", SPLIT_PATTERN), d.get("specials", SPECIALS[:EOS + 1]))
+    else:
+        tok = CharTokenizer(d["vocab"])
+    tok.lowercase = bool(d.get("lowercase", False))
+    return tok
 
 
 def instruction_example(tok, prompt, response, max_len, history=(), system=""):

@@ -206,14 +206,15 @@ elif init_from == "resume":
              f"which cannot be resumed; start a run from scratch, or finetune it")
     ck_tok = load_tokenizer(resumed)
     # the same ids for the same text pieces is what resuming needs; BPE's pre-split pattern alone may differ
-    # (prepare.py now caps very long runs of letters: the ids of every token stay what they were)
-    ids_of = lambda state: {k: v for k, v in state.items() if k != "pattern"}
+    # (prepare.py now caps very long runs of letters: the ids of every token stay what they were), and a
+    # lowercased vocabulary from before the tokenizer recorded it has the same ids
+    ids_of = lambda state: {k: v for k, v in state.items() if k not in ("pattern", "lowercase")}
     if ids_of(ck_tok.state()) != ids_of(tok_state):
         same_size = ck_tok.kind == tok.kind and len(ck_tok) == len(tok)
         fail(f"the checkpoint's tokenizer ({ck_tok.kind}, {len(ck_tok)} tokens) differs from {data_dir}'s "
              f"({tok.kind}, {len(tok)}{': the same size, other tokens' if same_size else ''}); resume with the data "
              f"it was trained on")
-    if ck_tok.state() != tok_state and master:
+    if ck_tok.state().get("pattern") != tok_state.get("pattern") and master:
         print(f"note: {data_dir}'s BPE pre-split pattern differs from the checkpoint's (the same tokens and ids); "
               f"the data's is saved from here on")
     # the architecture comes from the checkpoint: a flag that contradicts it is an error, not silently

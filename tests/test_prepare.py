@@ -135,3 +135,26 @@ def test_short_documents_go_whole_to_val(tmp_path):
     assert len(val_docs) + len(train_docs) == 200 and 15 <= len(val_docs) <= 25  # ~10%
     meta, train, val = _prepared(tmp_path, "one")
     assert 0.08 < len(val) / (len(train) + len(val)) < 0.12  # one document: the classic 90/10 cut
+
+
+def test_lowercase_is_kept_by_the_tokenizer(tmp_path):
+    """--lowercase=True: the vocabulary has no capitals, so the tokenizer saved in meta.json (and from
+    there in every checkpoint) lowercases whatever it encodes later: a prompt in capitals is not <unk>."""
+    from tokenizer import load_tokenizer
+    (tmp_path / "a.txt").write_text("Romeo y Julieta. ¿Dónde estás, Romeo?\n" * 60, encoding="utf-8")
+    runs = run_many([("prepare.py", "--input=a.txt", "--dataset=lc", "--lowercase=True"),
+                     ("prepare.py", "--input=a.txt", "--dataset=lcb", "--lowercase=True", "--tokenizer=bpe",
+                      "--vocab_size=280"),
+                     ("prepare.py", "--input=a.txt", "--dataset=plain")], cwd=tmp_path)
+    assert all(p.returncode == 0 for p in runs), [p.stderr for p in runs]
+    for name in ("lc", "lcb"):
+        meta = json.load(open(tmp_path / "data" / name / "meta.json", encoding="utf-8"))
+        tok = load_tokenizer(meta)
+        assert meta["lowercase"] is True and tok.lowercase
+        assert load_tokenizer(tok.state()).lowercase  # what train.py copies into checkpoints
+        assert tok.encode("ROMEO, ¿DÓNDE?") == tok.encode("romeo, ¿dónde?")
+        assert tok.unk_id not in tok.encode("ROMEO")
+        assert tok.encode_array("JULIETA").tolist() == tok.encode("julieta")
+    plain = load_tokenizer(json.load(open(tmp_path / "data" / "plain" / "meta.json", encoding="utf-8")))
+    assert not plain.lowercase and "lowercase" not in plain.state()  # older checkpoints' state is unchanged
+    assert plain.encode("R") != plain.encode("r")
