@@ -28,9 +28,10 @@ import sys
 import types
 
 _SIMPLE = (bool, int, float, str, tuple, list, dict, type(None))
-# the keys the last configure() call set from config files or flags (train.py's resume checks them
-# against the checkpoint: a flag the user typed must not be silently ignored)
-given = set()
+# the keys the last configure() call set from config files or flags, each with where it came from: the
+# config file's path, or "--key=value" (train.py's resume checks them against the checkpoint: a setting
+# the user asked for must not be silently ignored, and the message names where it was asked for)
+given = {}
 
 
 def fail(msg, code=1):
@@ -153,7 +154,7 @@ def configure(g, argv=None, torchrun=False):
                 if key not in known:
                     _unknown(key, known)
                 g[key] = _coerce(key, value, g[key])
-                given.add(key)
+                given[key] = arg
         else:
             if "=" not in arg:
                 fail(f"flags look like --key=value, got '{arg}'", 2)
@@ -167,5 +168,5 @@ def configure(g, argv=None, torchrun=False):
             if isinstance(g[key], str) and not isinstance(value, str):
                 value = raw  # text settings keep exactly what was typed: --start=[1, 2]
             g[key] = _coerce(key, value, g[key])
-            given.add(key)
+            given[key] = arg
     return {k: g[k] for k in known}

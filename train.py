@@ -222,8 +222,11 @@ elif init_from == "resume":
     for key, ck_value in resumed["model_args"].items():
         if key in configurator.given and key in globals() and globals()[key] != ck_value:
             if key not in ("dropout", "use_sdpa"):
-                fail(f"--{key}={globals()[key]} conflicts with the checkpoint's {key}={ck_value}: on resume the "
-                     f"architecture comes from the checkpoint (drop the flag, or start a new run in another --out_dir)")
+                source = configurator.given[key]  # a flag the user typed, or a config file's line
+                asked = source if source.startswith("--") else f"{key}={globals()[key]} (from {source})"
+                fail(f"{asked} conflicts with the checkpoint's {key}={ck_value}: on resume the architecture comes "
+                     f"from the checkpoint (resume with the config files and flags the run started with, or start "
+                     f"a new run in another --out_dir)")
             if master:
                 print(f"note: {key} changed on resume: {ck_value} -> {globals()[key]}")
     # checkpoints from before use_sdpa left model_args carry it: this run's setting applies; dropout only

@@ -80,13 +80,15 @@ def test_config_file_values_of_other_types_are_converted_or_refused(tmp_path, ca
 
 
 def test_configurator_records_which_keys_were_given(tmp_path):
-    """train.py's resume checks exactly these keys against the checkpoint."""
+    """train.py's resume checks exactly these keys against the checkpoint, and names where each was set."""
     cfgfile = tmp_path / "c.py"
     cfgfile.write_text("batch_size = 4\n")
     configure(_cfg(), [str(cfgfile), "--out_dir=x"])
-    assert configurator.given == {"batch_size", "out_dir"}
+    assert configurator.given == {"batch_size": str(cfgfile), "out_dir": "--out_dir=x"}
+    configure(_cfg(), [str(cfgfile), "--batch_size=8"])
+    assert configurator.given == {"batch_size": "--batch_size=8"}  # the flag, typed after the file, wins
     configure(_cfg(), [])
-    assert configurator.given == set()
+    assert configurator.given == {}
 
 
 KNOWN = {"batch_size": 12, "learning_rate": 1e-3, "out_dir": "out", "compile": False, "top_k": None}

@@ -141,9 +141,12 @@ def test_resume_takes_the_architecture_from_the_checkpoint(tiny_run):
     w = tiny_run
     resume = [TINY, "--dataset=tiny", "--out_dir=out", "--init_from=resume", "--max_iters=40"]
     before = digest(w / "out")
-    layers, block, dropout = run_many([("train.py", *resume, "--n_layer=3"), ("train.py", *resume, "--block_size=16"),
-                                       ("train.py", *resume, "--dropout=0.1")], cwd=w)
+    (w / "three.py").write_text("n_layer = 3\n", encoding="utf-8")  # a config file that says otherwise
+    layers, block, dropout, config = run_many([("train.py", *resume, "--n_layer=3"), ("train.py", *resume, "--block_size=16"),
+                                               ("train.py", *resume, "--dropout=0.1"), ("train.py", *resume, "three.py")],
+                                              cwd=w)
     assert "--n_layer=3 conflicts with the checkpoint's n_layer=2" in assert_one_line_error(layers)
+    assert "n_layer=3 (from three.py) conflicts with the checkpoint's n_layer=2" in assert_one_line_error(config)
     assert "block_size" in assert_one_line_error(block)
     # a harmless change applies and is said (max_iters=40: nothing left to train, nothing rewritten)
     assert dropout.returncode == 0 and "dropout changed on resume: 0.0 -> 0.1" in dropout.stdout, dropout.stderr
