@@ -72,13 +72,6 @@ def prompt_problem(text):
     return None
 
 
-def clean_prompt(text):
-    text = clean_text(text).strip()
-    if why := prompt_problem(text):
-        fail(why)
-    return text
-
-
 def answer(q, history=(), one_line=False):
     """Stream the answer to q (after the earlier turns in history) to stdout; returns its text."""
     new, parts = [], []
@@ -94,6 +87,8 @@ def answer(q, history=(), one_line=False):
 
 
 system = clean_text(system).strip()
+if len(system) > max_prompt_chars:
+    fail(f"--system of {len(system)} characters is longer than max_prompt_chars={max_prompt_chars}")
 if ckpt["kind"] == "instr" and system and tok.sys_id is None:
     fail(f"{out_dir} was trained on a vocabulary without <sys> (before system prompts existed): no --system")
 if chat and ckpt["kind"] == "instr":
@@ -111,6 +106,9 @@ if chat and ckpt["kind"] == "instr":
             if tok.sys_id is None:
                 print("[error] this model's vocabulary has no <sys>: no system prompt", flush=True)
                 continue
+            if len(line[len("/system"):].strip()) > max_prompt_chars:
+                print(f"[error] a system prompt longer than max_prompt_chars={max_prompt_chars}", flush=True)
+                continue
             system, history = line[len("/system"):].strip(), []
             print(f"(sistema: {system or 'ninguno'}; conversación nueva)", flush=True)
         elif why := prompt_problem(line):
@@ -126,8 +124,19 @@ elif ckpt["kind"] == "instr":
         questions = [line for line in sys.stdin if line.strip()]
         if not questions:
             fail("no --prompt given and nothing on stdin")
-    for q in questions:  # each answered alone
-        answer(clean_prompt(q))
+    refused = 0
+    for q in questions:  # each answered alone (num_samples times); one that cannot be asked is said, and skipped
+        q = clean_text(q).strip()
+        if why := prompt_problem(q):
+            if len(questions) == 1:
+                fail(why)
+            print(f"[error] {why}", flush=True)
+            refused += 1
+            continue
+        for _ in range(num_samples):
+            answer(q)
+    if refused:
+        fail(f"{refused} of {len(questions)} questions could not be asked (the [error] lines)")
 else:
     if prompt or chat or system:
         fail(f"{out_dir} holds a pretrained model, which continues text: use --start=... "

@@ -52,6 +52,23 @@ def test_odd_prompts_are_answered_and_bad_ones_refused(instr_dir):
     assert digest(instr_dir) == before
 
 
+def test_a_bad_line_on_stdin_skips_that_question_only(instr_dir):
+    """Questions piped in: one that cannot be asked (too long) gets an [error] line and the others are still
+    answered, then one line on stderr and exit 1; --num_samples answers each question that many times; an
+    over-long --system is refused in one line."""
+    qs = ["¿Los perros son caninos?", "a" * 600, "¿Y los gatos?"]
+    args = (f"--out_dir={instr_dir}", "--max_new_tokens=5", "--show_raw=True")
+    p = run("sample.py", *args, input="\n".join(qs) + "\n")
+    twice = run("sample.py", *args, "--num_samples=2", input="\n".join(qs[::2]) + "\n")
+    system = run("sample.py", *args, "--system=" + "s" * 501, "--prompt=hola")
+    raw = [line for line in p.stdout.splitlines() if line.startswith("[raw] <instr>")]
+    assert [r[len("[raw] <instr>"):][:10] for r in raw] == ["¿Los perro", "¿Y los gat"]
+    assert "[error] prompt of 600 characters is longer than max_prompt_chars=500" in p.stdout
+    assert "1 of 3 questions could not be asked" in assert_one_line_error(p)
+    assert len([line for line in twice.stdout.splitlines() if line.startswith("[raw] <instr>")]) == 4
+    assert "--system of 501 characters is longer than max_prompt_chars=500" in assert_one_line_error(system)
+
+
 def test_compile_without_a_cpp_compiler_is_one_line(tiny_run, tmp_path):
     """--compile=True where torch.compile cannot build its C++ (the compiler named by CXX is missing):
     one line, said before any tracing, and exit 1, not torch's long traceback. The same for train.py,
