@@ -16,7 +16,8 @@ default (an int where a float is expected is fine, bools accept True/False/true/
 a default of None accepts anything). Every error is one line on stderr, exit code 2.
 
 This file also holds the small CLI helpers every script shares: fail() (one clear line, exit),
-jsonl_objects() and catch_stop_signals().
+jsonl_objects() and catch_stop_signals(); and configure() makes output piped into a reader that stops
+early (`python sample.py | head -3`) end the script quietly, as it ends a Unix tool, not in a traceback.
 """
 import ast
 import difflib
@@ -32,6 +33,19 @@ _SIMPLE = (bool, int, float, str, tuple, list, dict, type(None))
 # config file's path, or "--key=value" (train.py's resume checks them against the checkpoint: a setting
 # the user asked for must not be silently ignored, and the message names where it was asked for)
 given = {}
+
+
+def _quiet_broken_pipe(kind, value, tb):
+    """sys.excepthook: a BrokenPipeError (the reader of stdout, say `head`, has exited) ends the script with
+    exit code 1 and no traceback; stdout goes to /dev/null so that Python's last flush at exit cannot fail
+    again. Every other error is reported as usual. (Not SIGPIPE's default action: a server must survive a
+    client that hangs up.)"""
+    if not issubclass(kind, BrokenPipeError):
+        return sys.__excepthook__(kind, value, tb)
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (a notebook, a test runner's capture)
+        pass
 
 
 def fail(msg, code=1):
@@ -145,6 +159,8 @@ def configure(g, argv=None, torchrun=False):
     if argv is None and not torchrun and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):
         fail(f"{os.path.basename(sys.argv[0])} runs as one process: start it with python, not torchrun "
              f"(train.py is the script that trains on several)")
+    if argv is None:  # a script's own command line (a test's call passes argv, and keeps its hook)
+        sys.excepthook = _quiet_broken_pipe
     argv = sys.argv[1:] if argv is None else argv
     known = [k for k, v in g.items() if not k.startswith("_") and isinstance(v, _SIMPLE)]
     given.clear()

@@ -69,6 +69,20 @@ def test_a_bad_line_on_stdin_skips_that_question_only(instr_dir):
     assert "--system of 501 characters is longer than max_prompt_chars=500" in assert_one_line_error(system)
 
 
+def test_output_piped_into_a_reader_that_stops_ends_quietly(tiny_run):
+    """`python sample.py | head -1`: the reader is gone before the script writes; the script ends with exit
+    code 1 and no BrokenPipeError traceback (nor Python's 'Exception ignored' at exit)."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sample.py"), "--out_dir=out", "--max_new_tokens=50"],
+                            cwd=tiny_run, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader stops at once
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
 def test_compile_without_a_cpp_compiler_is_one_line(tiny_run, tmp_path):
     """--compile=True where torch.compile cannot build its C++ (the compiler named by CXX is missing):
     one line, said before any tracing, and exit 1, not torch's long traceback. The same for train.py,
