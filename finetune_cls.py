@@ -61,7 +61,7 @@ label_col = "label"
 val_fraction = 0.1  # a single data file is split here (stratified, seeded): 70/10/20 by default
 test_fraction = 0.2
 eval_only = False  # score out_dir's classifier on the test split of data, without training
-predict = None  # a text to classify with out_dir's classifier: prints the label and the probabilities
+predict = ""  # a text to classify with out_dir's classifier: prints the label and the probabilities
 predict_file = ""  # a file of texts to classify, one per line
 # classifier
 pool = "layers+max"  # 'layers': the mean over the real tokens of every block's output and of the final states,
@@ -103,15 +103,12 @@ def prepare_text(text):
     return clean_text(str(text)).strip()
 
 
-def read_table(path, text_col, label_col):
-    """(texts, labels) from a .tsv/.csv/.jsonl file with the columns text_col and label_col."""
-    if not os.path.isfile(path):
-        fail(f"data file not found: {path}")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in EXTS:
-        fail(f"{path}: unsupported file type '{ext}' (use .tsv, .csv or .jsonl)")
-    try:  # read as prepare.py reads text: UTF-8 (with or without a byte-order mark), UTF-16, or else the
-        codec, why = detect_encoding(path)  # declared or the cp1252 fallback (spreadsheets export those)
+def read_file_text(path, note=None):
+    """A whole file's text, read as prepare.py reads text: UTF-8 (with or without a byte-order mark), UTF-16,
+    or else the declared encoding or the cp1252 fallback (spreadsheets export those), said on `note`."""
+    codec = "?"
+    try:
+        codec, why = detect_encoding(path)
         with open(path, encoding="utf-8-sig" if codec == "utf-8" else codec) as f:  # -sig: drops a BOM
             raw = f.read()
     except CorpusError as e:
@@ -119,7 +116,18 @@ def read_table(path, text_col, label_col):
     except (OSError, UnicodeError) as e:
         fail(f"cannot read {path} as {codec} text: {e}")
     if codec not in ("utf-8", "utf-8-sig"):
-        print(f"note: {path}: read as {codec} ({why})")
+        print(f"note: {path}: read as {codec} ({why})", file=note or sys.stdout)
+    return raw
+
+
+def read_table(path, text_col, label_col):
+    """(texts, labels) from a .tsv/.csv/.jsonl file with the columns text_col and label_col."""
+    if not os.path.isfile(path):
+        fail(f"data file not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in EXTS:
+        fail(f"{path}: unsupported file type '{ext}' (use .tsv, .csv or .jsonl)")
+    raw = read_file_text(path)
     if not raw.strip():
         fail(f"{path} is empty")
     if ext == ".jsonl":
@@ -496,7 +504,8 @@ if __name__ == "__main__":
              f"and {backbone_lr}")
     if not (val_fraction > 0 and test_fraction > 0 and val_fraction + test_fraction < 1):
         fail(f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be > 0 and add up to less than 1")
-    if predict is not None and predict_file:
+    predicting = "predict" in configurator.given  # --predict="" too: an empty text is an error, not a training run
+    if predicting and predict_file:
         fail("use --predict or --predict_file, not both")
     try:
         device = pick_device(device)
@@ -505,20 +514,17 @@ if __name__ == "__main__":
         fail(e)
 
     # inference: --predict / --predict_file -----------------------------------
-    if predict is not None or predict_file:
+    if predicting or predict_file:
         ckpt, clf, tok = load_classifier(out_dir, device)
-        if predict is not None:
+        if predicting:
             texts = [prepare_text(predict)]
             if not texts[0]:
                 fail("empty --predict text")
         else:
             if not os.path.isfile(predict_file):
                 fail(f"predict_file not found: {predict_file}")
-            try:
-                with open(predict_file, encoding="utf-8-sig") as f:
-                    texts = [t for t in (prepare_text(line) for line in f) if t]
-            except UnicodeDecodeError:
-                fail(f"{predict_file} is not UTF-8 text")
+            lines = read_file_text(predict_file, note=sys.stderr).splitlines()  # (stdout is the table)
+            texts = [t for t in map(prepare_text, lines) if t]
             if not texts:
                 fail(f"{predict_file} holds no text (one text per line)")
         probs = classify(clf, tok, texts, batch_size, ctx)  # (N, K)
@@ -529,7 +535,7 @@ if __name__ == "__main__":
             n_all = sum(map(len, ids))
             print(f"note: {n_unk} of {n_all} characters are not in the backbone's vocabulary and read as <unk>",
                   file=sys.stderr)
-        if predict is not None:
+        if predicting:
             print(names[probs[0].argmax()])
             for n, p in zip(names, probs[0].tolist()):
                 print(f"  {n:<{max(len(x) for x in names)}}  {p:.4f}")

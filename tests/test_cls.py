@@ -198,11 +198,14 @@ def test_cli_end_to_end_train_eval_only_predict(env, cli_errors):
     base = load_checkpoint(str(d / "base"))["model"]  # freeze=backbone: not one backbone weight moved
     assert all(torch.equal(ckpt["model"][k], v) for k, v in base.items())
 
-    (d / "many.txt").write_text("bbbb\n\naaa\n", encoding="utf-8")
+    (d / "many.txt").write_text("bbbb\n\naaa\n", encoding="utf-16")  # any encoding prepare.py reads
     # --eval_only without --data: the data (and split settings) of the classifier's own run
-    e, one, many = run_all([["--eval_only=True", "--out_dir=cls_last", *FAST],
-                            ["--out_dir=cls_last", "--predict=aaaaaaa", *FAST],
-                            ["--out_dir=cls_last", "--predict_file=many.txt", *FAST]], d, jobs=3)
+    e, one, many, word = run_all([["--eval_only=True", "--out_dir=cls_last", *FAST],
+                                  ["--out_dir=cls_last", "--predict=aaaaaaa", *FAST],
+                                  ["--out_dir=cls_last", "--predict_file=many.txt", *FAST],
+                                  ["--out_dir=cls_last", "--predict=None", *FAST]], d, jobs=3)
+    # whatever is typed is the text to classify ("None" too: not a missing value that starts a training run)
+    assert word.returncode == 0 and word.stdout.splitlines()[0] in ("alfa", "zeta"), word.stdout + word.stderr
     assert e.returncode == 0, e.stderr
     assert parse_scores(e.stdout) == (acc, f1)  # the same split (same seed), the same saved model
     assert "--eval_only: as the classifier's run read it: data=ab.csv" in e.stdout
