@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import PRESETS, ROOT, assert_one_line_error, digest, run_many, trained_instr
+from conftest import PRESETS, ROOT, assert_one_line_error, digest, run, run_many, trained_instr
 from quantize import dequantize, pack_int4, quantize, unpack_int4
 
 
@@ -121,3 +121,17 @@ def test_quantize_bad_inputs_are_one_line_and_write_nothing(quantized, out_root,
     assert "--group_size=12" in assert_one_line_error(group)
     assert "no checkpoint" in assert_one_line_error(missing)
     assert (digest(quantized), digest(tmp_path)) == before
+
+
+def test_size_ratio_is_against_the_float_weights(tiny_run, tmp_path):
+    """A train.py checkpoint also holds the optimizer's state: the printed ratio compares the quantized file
+    with the float weights alone (a tied output layer counted once), not with that bigger file."""
+    import re
+    p = run("quantize.py", "--out_dir=out", "--bits=8", f"--dst={tmp_path / 'q8'}", cwd=tiny_run)
+    assert p.returncode == 0, p.stderr
+    m = re.search(r"\(([\d.]+) MB, of which the weights ([\d.]+) MB\) -> .*\(([\d.]+) MB, ([\d.]+)x the float weights\)",
+                  p.stdout)
+    assert m, p.stdout
+    whole, weights, small, ratio = map(float, m.groups())
+    assert weights < whole / 2  # Adam's two moments per weight are in the file, not in the weights
+    assert abs(ratio - small / weights) < 0.02 and 0.2 < ratio < 0.6
