@@ -47,6 +47,7 @@ workers = 2  # generations at once (threads); each gets cores / workers torch th
 queue_size = 8  # requests that may wait for a worker; beyond that: 429
 max_tokens_limit = 1024  # the most tokens one request may ask for
 max_prompt_chars = 4000
+max_body_bytes = 4_000_000  # a request body over this is refused (413) before it is parsed: a long chat is ~100 kB
 max_n = 8  # the most choices ("n") one request may ask for: they are decoded together as one batch
 # -----------------------------------------------------------------------------
 ROLES = ("system", "developer", "user", "assistant")  # developer: newer clients' name for system
@@ -117,7 +118,7 @@ def field(body, name, kind, default, check=None, why=""):
 # request fields that would change what comes back, which these models cannot do: a 400 naming the field,
 # so that a client expecting JSON, tool calls or log-probabilities hears so instead of getting plain text
 UNSUPPORTED = {
-    "response_format": lambda v: isinstance(v, dict) and v.get("type", "text") != "text",
+    "response_format": lambda v: v not in (None, "text") and not (isinstance(v, dict) and v.get("type", "text") == "text"),
     "tools": bool, "functions": bool,
     "tool_choice": lambda v: v not in (None, "none", "auto"), "function_call": lambda v: v not in (None, "none", "auto"),
     "logprobs": lambda v: v not in (None, False, 0), "top_logprobs": lambda v: v not in (None, 0),
@@ -187,7 +188,8 @@ def checked_prompt(text, entry, instr, history=(), system="", max_tokens=0):
     if len(ids) >= bs:
         raise APIError(400, f"the prompt is {len(ids)} tokens; this model reads at most {bs - 1} before answering",
                        code="prompt_too_long")
-    if instr and history:  # the earlier turns that fit (oldest dropped first)
+    if instr:  # the earlier turns that fit (oldest dropped first), and room for the answer (as everywhere:
+        # a question that filled the window would slide the chat template out of view mid-answer)
         ids = prompt_ids(tok, text, bs, max_tokens, history, system)[0]
     return text, ids
 
@@ -265,11 +267,13 @@ class Choice:
         self.finish = finish
 
 
-def generate(entry, ids, s, instr, cancel, emit):
+def generate(entry, ids, s, instr, cancel, emit, fixed=None):
     """Generate on a worker thread: the request's n choices as one batch of n rows of the same prompt.
     emit(pieces) gets, once per step, the new text of the choices that wrote some, as (choice index, text)
     pairs (never half a character, never part of a stop sequence): one wake-up of the event loop per step,
-    not per choice. Returns [(finish_reason, completion tokens)], one per choice."""
+    not per choice. Returns [(finish_reason, completion tokens)], one per choice. fixed: a text to answer
+    instead of the model (the FAQ's sentence), its tokens and <eos> sent through the same rows, so that
+    stop sequences and max_tokens cut it as they cut a generated answer."""
     import torch
     model, tok = entry["model"], entry["tok"]
     gen = torch.Generator(device=model.wte.weight.device)
@@ -278,8 +282,11 @@ def generate(entry, ids, s, instr, cancel, emit):
     pieces = []  # this step's (index, text) pairs
     rows = [Choice(i, tok, instr, s["stop"], lambda i, text: text and pieces.append((i, text)))
             for i in range(s["n"])]
-    for t in model.generate_stream(idx, s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"] or None,
-                                   top_p=s["top_p"], stop_token=tok.eos_id if instr else None, generator=gen):
+    steps = model.generate_stream(idx, s["max_tokens"], temperature=s["temperature"], top_k=s["top_k"] or None,
+                                  top_p=s["top_p"], stop_token=tok.eos_id if instr else None, generator=gen)
+    if fixed is not None:
+        steps = (torch.tensor([t] * s["n"]) for t in (tok.encode(fixed) + [tok.eos_id])[:s["max_tokens"]])
+    for t in steps:
         if cancel.is_set():  # the client went away
             return [("cancelled", r.n) for r in rows]
         for r, t_row in zip(rows, t.tolist()):  # t: (n,) the next token of every row
@@ -354,9 +361,14 @@ def create_app(server, key=""):
         return model_card(name, server.models[name])
 
     async def read_body(request):
+        raw = b""
+        async for part in request.stream():  # read up to a limit, not whatever size a client sends
+            raw += part
+            if len(raw) > max_body_bytes:
+                raise APIError(413, f"the request body is over {max_body_bytes:,} bytes", code="request_too_large")
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[... nested past Python's limit too
             raise APIError(400, "the request body is not valid JSON", code="invalid_json")
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object", code="invalid_json")
@@ -390,10 +402,7 @@ def create_app(server, key=""):
 
         def work():
             try:
-                if faq_text is not None:
-                    queue_put([(i, faq_text) for i in range(s["n"])])
-                    return [("stop", len(entry["tok"].encode(faq_text)) + 1)] * s["n"]
-                return generate(entry, ids, s, instr, cancel, queue_put)
+                return generate(entry, ids, s, instr, cancel, queue_put, fixed=faq_text)
             finally:  # runs once per admitted request, whatever happened
                 server.release(cancel.is_set())
 
@@ -498,6 +507,8 @@ if __name__ == "__main__":
     dirs = [d.strip() for d in out_dir.split(",") if d.strip()]
     if not dirs or workers < 1 or queue_size < 0 or max_tokens_limit < 1 or max_n < 1:
         fail("need --out_dir, --workers >= 1, --queue_size >= 0, --max_tokens_limit >= 1 and --max_n >= 1")
+    if not 0 <= port <= 65535:
+        fail(f"--port must be from 0 to 65535, got {port}")
     try:
         import uvicorn
 
@@ -508,8 +519,8 @@ if __name__ == "__main__":
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError as e:
-            fail(f"cannot serve on {host}:{port}: {e.strerror or e}")
+        except (OSError, UnicodeError) as e:  # in use, not allowed, or a --host that is no address
+            fail(f"cannot serve on {host}:{port}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     try:
         server = Server(dirs, device, workers, queue_size)
     except (CheckpointError, ValueError) as e:

@@ -88,6 +88,12 @@ def test_chat_streamed_and_not(server):
         {"role": "system", "content": "Sé breve."}, {"role": "user", "content": history[0][0]},
         {"role": "assistant", "content": history[0][1]}, {"role": "user", "content": q}])
     assert r.usage.prompt_tokens == len(tok.encode_chat(q, history, "Sé breve.")[0]) > len(q) + 2 + 20
+    # a long question leaves room for the answer (cut from the left, as sample.py and the app cut it): the
+    # window (96 here) must not slide the chat template out of view in the middle of the answer
+    long_q = "perro " * 9 + q  # 54 + 34 characters + <instr> <resp>: 90 tokens, over the 96 - 10 the answer leaves
+    r = c.chat.completions.create(model="out-instr", temperature=0, max_tokens=10,
+                                  messages=[{"role": "user", "content": long_q}])
+    assert r.usage.prompt_tokens == 96 - 10
     status, headers, text = post(server, "/v1/chat/completions", {
         "model": "out-instr", "messages": [{"role": "user", "content": q}], "temperature": 0, "stream": True})
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
@@ -114,7 +120,15 @@ def test_stop_sequences_max_tokens_seed_and_faq(server):
     r = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": "¿Los perros son caninos?"}],
                                   extra_body={"faq": True})
     from app import FAQ
-    assert r.choices[0].message.content == FAQ["fact:perro"]
+    assert r.choices[0].message.content == FAQ["fact:perro"] and r.choices[0].finish_reason == "stop"
+    # the fixed sentence is cut by stop sequences and max_tokens as a generated answer is
+    cut = c.chat.completions.create(model="out-instr", messages=[{"role": "user", "content": "¿Los perros son caninos?"}],
+                                    stop=["caninos"], extra_body={"faq": True})
+    short = c.chat.completions.create(model="out-instr", max_tokens=4, extra_body={"faq": True},
+                                      messages=[{"role": "user", "content": "¿Los perros son caninos?"}])
+    assert cut.choices[0].message.content == FAQ["fact:perro"].split("caninos")[0]
+    assert short.choices[0].message.content == FAQ["fact:perro"][:4] and short.choices[0].finish_reason == "length"
+    assert short.usage.completion_tokens == 4
     # with a system prompt the model answers (the FAQ's fixed sentence would ignore "answer yes or no")
     r = c.chat.completions.create(model="out-instr", temperature=0, max_tokens=5, extra_body={"faq": True},
                                   messages=[{"role": "system", "content": "Responde solo sí o no."},
@@ -240,6 +254,10 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
         assert e.value.body["code"] == code and e.value.body["message"], kw
     status, _, text = post(server, "/v1/chat/completions", b"{not json")
     assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
+    status, _, text = post(server, "/v1/chat/completions", b"[" * 100_000)  # deeper than Python's parser goes
+    assert status == 400 and json.loads(text)["error"]["code"] == "invalid_json"
+    status, _, text = post(server, "/v1/chat/completions", b" " * 4_000_001)  # read up to the limit, no further
+    assert status == 413 and json.loads(text)["error"]["code"] == "request_too_large"
     status, _, text = post(server, "/v1/chat/completions", {"model": ["out-instr"], "messages": user})
     assert status == 400 and json.loads(text)["error"]["param"] == "model"
     status, _, text = post(server, "/v1/chat/completions", {"model": "out-instr", "messages": user, "faq": "yes"})
@@ -254,6 +272,7 @@ def test_models_auth_and_errors_in_the_openai_shape(server):
     # fields that would change the answer, which these models cannot honour: a 400 naming each, never
     # plain text that a client then fails to parse as JSON or reads as "no tool calls"
     refused = [("/v1/chat/completions", {"response_format": {"type": "json_object"}}),
+               ("/v1/chat/completions", {"response_format": "json"}),
                ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
                ("/v1/chat/completions", {"logprobs": True}), ("/v1/chat/completions", {"logit_bias": {"5": -100}}),
                ("/v1/chat/completions", {"presence_penalty": 1.5}), ("/v1/completions", {"echo": True}),
@@ -358,10 +377,14 @@ def test_serve_bad_start_is_one_line(trained_root):
     with socket.socket() as s:
         s.bind(("127.0.0.1", busy))
         s.listen()
-        taken, missing, no_n = run_many([("serve.py", "--out_dir=out-instr", f"--port={busy}"),
-                                         ("serve.py", "--out_dir=nothing-here", f"--port={free_port()}"),
-                                         ("serve.py", "--out_dir=out-instr", "--max_n=0", f"--port={free_port()}")],
-                                        cwd=trained_root)
+        taken, missing, no_n, big, host = run_many([
+            ("serve.py", "--out_dir=out-instr", f"--port={busy}"),
+            ("serve.py", "--out_dir=nothing-here", f"--port={free_port()}"),
+            ("serve.py", "--out_dir=out-instr", "--max_n=0", f"--port={free_port()}"),
+            ("serve.py", "--out_dir=out-instr", "--port=99999"),
+            ("serve.py", "--out_dir=out-instr", "--host=" + "x" * 70, f"--port={free_port()}")], cwd=trained_root)
     assert "cannot serve on 127.0.0.1" in assert_one_line_error(taken)
+    assert "--port must be from 0 to 65535, got 99999" in assert_one_line_error(big)
+    assert "cannot serve on xxx" in assert_one_line_error(host)
     assert "no checkpoint" in assert_one_line_error(missing)
     assert "--max_n >= 1" in assert_one_line_error(no_n)
