@@ -309,7 +309,10 @@ class Question:
 
 
 def faq_eval(path, verbose=False):
-    """Recall per fact and false matches on the other kinds, for a jsonl with prompt/kind fields."""
+    """Recall per fact and false matches on the other kinds, for a jsonl with prompt/kind fields. A kind
+    'group/kind' (the conversation files: followup/fact:gato) is judged by its kind; a line with a system
+    prompt is left out (the app never answers those from the FAQ) and counted under 'with system prompt'.
+    Earlier turns ('history') are not read: the app matches the question alone, as here."""
     rows = []
     with open(path, encoding="utf-8") as f:
         lines = list(json_lines(f))
@@ -322,13 +325,17 @@ def faq_eval(path, verbose=False):
     stats = {}
     misses, false = [], []
     for r in rows:
+        if r.get("system"):
+            stats.setdefault("with system prompt", {"n": 0, "skipped": True})["n"] += 1
+            continue
+        kind = r["kind"].rsplit("/", 1)[-1]
         got = match_faq(r["prompt"])
         s = stats.setdefault(r["kind"], {"n": 0, "hit": 0, "matched": 0})
         s["n"] += 1
         s["matched"] += got is not None
-        if r["kind"] in FAQ:
-            s["hit"] += got == r["kind"]
-            if got != r["kind"]:
+        if kind in FAQ:
+            s["hit"] += got == kind
+            if got != kind:
                 misses.append(r)
         elif got is not None:
             false.append((r, got))
@@ -355,7 +362,9 @@ def _faq_cli(argv):
         print(path)
         for kind in sorted(stats):
             s = stats[kind]
-            if kind in FAQ:
+            if s.get("skipped"):
+                print(f"  {kind}: {s['n']} left out (the app answers them with the model)")
+            elif kind.rsplit("/", 1)[-1] in FAQ:
                 print(f"  {kind:13s} recall {s['hit']}/{s['n']} = {s['hit'] / s['n']:.1%}")
             else:
                 print(f"  {kind:13s} false matches {s['matched']}/{s['n']}")

@@ -440,6 +440,23 @@ def test_import_and_cli_start_no_ui():
     assert out.returncode == 0 and "streamlit run app.py" in out.stdout
 
 
+def test_faq_eval_reads_conversation_files_as_the_app_answers(tmp_path):
+    """group/kind labels are judged by the kind (a matched fact is a hit, not a false match); a line with a
+    system prompt is left out, as the app never answers it from the FAQ."""
+    import app
+    rows = [{"prompt": "¿Los gatos son felinos?", "kind": "context/fact:gato", "history": [["¿Hola?", "Hola."]]},
+            {"prompt": "¿Los perros son caninos?", "kind": "system/yesno", "system": "Responde solo sí o no."},
+            {"prompt": "¿Qué hora es?", "kind": "followup/abstain"}]
+    (tmp_path / "conv.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    stats, misses, false = app.faq_eval(str(tmp_path / "conv.jsonl"))
+    assert stats["context/fact:gato"]["hit"] == 1 and not misses and not false
+    assert stats["with system prompt"]["n"] == 1 and "system/yesno" not in stats
+    out = subprocess.run([sys.executable, "app.py", "--faq-eval", str(tmp_path / "conv.jsonl")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "context/fact:gato recall 1/1" in out.stdout, out.stdout + out.stderr
+    assert "with system prompt: 1 left out" in out.stdout
+
+
 def test_faq_eval_cli_names_a_bad_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "hola", "kind": "abstain"}\n[1, 2]\n', encoding="utf-8")
     (tmp_path / "num.jsonl").write_text('{"prompt": 5, "kind": "abstain"}\n', encoding="utf-8")
