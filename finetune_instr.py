@@ -133,6 +133,9 @@ if os.path.exists(ckpt_path) and not overwrite:
 # when training ends: a run that fails halfway (a NaN loss) leaves the earlier model whole
 run_files = Staged(out_dir, ["ckpt.pt"])
 examples = read_examples(data)
+if len(examples) < 2:  # one for training and one held out: without val there is no best checkpoint to keep
+    fail(f"{data} holds {len(examples)} example(s): instruction tuning needs at least 2 (a tenth, at least one, "
+         f"is held out for validation)")
 if init_from == "scratch" and not arch_from:
     texts = [e.prompt + e.response + e.system + "".join(q + a for q, a in e.history) for e in examples] + [BASE_CHARS]
     tok = CharTokenizer.from_texts(texts)
@@ -181,6 +184,10 @@ as_written = [encode(e) for e in examples]  # (x, y, cut) of every example, its 
 truncated = sum(cut > 0 for _, _, cut in as_written)
 if truncated:
     print(f"{truncated} example(s) longer than block_size={block}: prompts truncated from the left")
+long_answers = sum(y[-1] != tok.eos_id for _, y, _ in as_written)  # the response alone did not fit the window
+if long_answers:
+    print(f"{long_answers} response(s) longer than block_size={block} alone: cut at their end, without <eos> "
+          f"(the model cannot learn where they stop)")
 # characters the backbone's vocabulary lacks (a character model pretrained on other text) read as <unk>:
 # the model can neither see them in a prompt nor write them in an answer (it writes <unk>, shown as �)
 with_unk = sum(tok.unk_id in x for x, _, _ in as_written)

@@ -74,7 +74,12 @@ def test_malformed_jsonl_reports_line_numbers(tmp_path):
     base = _make_base(tmp_path)
     lines = ['{"prompt": "a", "response": "b"}', "{not json", '{"prompt": "a"}', "", '{"prompt": "c", "response": "d"}']
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (tmp_path / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n', encoding="utf-8")
+    (tmp_path / "good.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n',
+                                         encoding="utf-8")
+    (tmp_path / "one.jsonl").write_text('{"prompt": "a", "response": "b"}\n', encoding="utf-8")
+    # a response longer than the window (64) alone: cut at its end, without <eos>, and said so
+    (tmp_path / "long.jsonl").write_text('{"prompt": "a", "response": "%s"}\n{"prompt": "c", "response": "d"}\n'
+                                         % ("b" * 80), encoding="utf-8")
     (tmp_path / "afile").write_text("x", encoding="utf-8")
     # a backbone whose weights do not fit its own model_args (a damaged or hand-edited file)
     ck = load_checkpoint(str(base))
@@ -85,14 +90,19 @@ def test_malformed_jsonl_reports_line_numbers(tmp_path):
     (tmp_path / "unk.jsonl").write_text('{"prompt": "¿Cuánto?", "response": "£3 😀"}\n{"prompt": "a", "response": "b"}\n',
                                         encoding="utf-8")
     common = [f"--init_from={base}", "--data=good.jsonl", "--max_iters=1"]
-    malformed, misfit, unwritable, unk, control, no_arch = run_many([
+    malformed, misfit, unwritable, unk, control, no_arch, one, long = run_many([
         ("finetune_instr.py", f"--init_from={base}", "--data=bad.jsonl", "--out_dir=ob"),
         ("finetune_instr.py", *common, "--init_from=misfit", "--out_dir=om"),
         ("finetune_instr.py", *common, "--out_dir=afile/out"),
         ("finetune_instr.py", *common, "--data=unk.jsonl", "--test_data=", "--out_dir=ou", "--wrap_prob=0.5"),
         # the control: arch_from's network and tokenizer, random weights
         ("finetune_instr.py", *common, "--init_from=scratch", f"--arch_from={base}", "--test_data=", "--out_dir=os"),
-        ("finetune_instr.py", *common, "--init_from=scratch", "--arch_from=nothing", "--out_dir=on")], cwd=tmp_path)
+        ("finetune_instr.py", *common, "--init_from=scratch", "--arch_from=nothing", "--out_dir=on"),
+        ("finetune_instr.py", *common, "--data=one.jsonl", "--out_dir=o1"),
+        ("finetune_instr.py", *common, "--data=long.jsonl", "--test_data=", "--out_dir=ol")], cwd=tmp_path)
+    assert "one.jsonl holds 1 example(s): instruction tuning needs at least 2" in assert_one_line_error(one)
+    assert not (tmp_path / "o1").exists()
+    assert long.returncode == 0 and "1 response(s) longer than block_size=64 alone: cut at their end" in long.stdout
     assert control.returncode == 0, control.stderr
     scratch, pre = load_checkpoint(str(tmp_path / "os")), load_checkpoint(str(base))
     assert scratch["model_args"] == {**pre["model_args"], "dropout": 0.0} and scratch["vocab"] == pre["vocab"]
