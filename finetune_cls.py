@@ -139,7 +139,12 @@ def read_table(path, text_col, label_col):
     else:
         # a .tsv has no quoting: a text may start with '"' (a quotation) and must stay one row; a .csv
         # follows the CSV rules (a text holding a comma is written in quotes)
-        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter="\t" if ext == ".tsv" else ",",
+        delimiter = "\t" if ext == ".tsv" else ","
+        header = raw.lstrip("\ufeff").split("\n", 1)[0]
+        if ext == ".csv" and ";" in header and "," not in header:  # a spreadsheet where the decimal mark is a
+            delimiter = ";"  # comma (Spain, most of Latin America) exports CSV with semicolons
+            print(f"note: {path}: the header has semicolons and no commas, read as semicolon-separated")
+        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delimiter,
                                 quoting=csv.QUOTE_NONE if ext == ".tsv" else csv.QUOTE_MINIMAL)
         columns = [c for c in reader.fieldnames or [] if c is not None]
         rows = [(reader.line_num, row) for row in reader]
@@ -147,7 +152,7 @@ def read_table(path, text_col, label_col):
         # the rest of the text the label, one new label per such row
         extra = [n for n, row in rows if None in row]
         if extra:
-            sep = "a comma (write such texts in double quotes)" if ext == ".csv" else "a tab"
+            sep = f"a '{delimiter}' (write such texts in double quotes)" if ext == ".csv" else "a tab"
             fail(f"{path}: more fields than the header's {len(columns)} on {len(extra)} line(s): "
                  f"{', '.join(map(str, extra[:5]))}{' …' if len(extra) > 5 else ''}. A text holding {sep}?")
     for col, flag in ((text_col, "text_col"), (label_col, "label_col")):
@@ -159,6 +164,9 @@ def read_table(path, text_col, label_col):
     texts, labels = [], []
     for n, row in rows:
         label = row.get(label_col)
+        for value, col in ((label, label_col), (row.get(text_col), text_col)):
+            if isinstance(value, (list, dict)):  # (JSONL) a nested value is no text: refused, not str()-ed
+                fail(f"{path} line {n}: the column '{col}' holds a JSON {type(value).__name__}, not a text")
         if label is None:
             label = ""
         elif isinstance(label, bool):  # JSON true / false: the words as written

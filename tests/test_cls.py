@@ -243,6 +243,17 @@ def test_read_table_formats_and_split(tmp_path, capsys):
     cp = tmp_path / "cp.csv"
     cp.write_bytes("text,label\n\u201cMuy rico\u201d dijo José,pos\n".encode("cp1252"))
     assert fc.read_table(str(cp), "text", "label") == (["\u201cMuy rico\u201d dijo José"], ["pos"])
+    # a Spanish spreadsheet's CSV export uses semicolons (the comma is its decimal mark): read as such
+    sc = tmp_path / "sc.csv"
+    sc.write_bytes("texto;etiqueta\nNo, gracias;neg\n\"Bien; muy bien\";pos\n".encode("cp1252"))
+    assert fc.read_table(str(sc), "texto", "etiqueta") == (["No, gracias", "Bien; muy bien"], ["neg", "pos"])
+    assert "read as semicolon-separated" in capsys.readouterr().out
+    # a nested JSON value is no text: refused in one line, not trained on as "['a', 'b']"
+    nested = tmp_path / "n.jsonl"
+    nested.write_text('{"t": "uno", "y": "a"}\n{"t": ["dos", "tres"], "y": "b"}\n', encoding="utf-8")
+    with pytest.raises(SystemExit):
+        fc.read_table(str(nested), "t", "y")
+    assert "n.jsonl line 2: the column 't' holds a JSON list, not a text" in capsys.readouterr().err
     # an unquoted comma in a .csv text (a tab in a .tsv one) would make the rest of the text a label: refused
     for name, body in (("u.csv", "text,label\nbien,pos\nfrío, y sin sal,neg\nmal,neg\n"),
                        ("u.tsv", "text\tlabel\nbien\tpos\nfrío\ty sin sal\tneg\n")):
