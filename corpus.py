@@ -285,6 +285,8 @@ class Reader:
         for n, obj in json_lines(text):
             if obj is None:
                 raise CorpusError(f"{path} line {n}: not valid JSON")
+            if isinstance(obj, dict) and "text" in obj and obj["text"] is None:  # a missing value: skipped,
+                continue  # as a null in a parquet file's text column is
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 found = f" (keys found: {', '.join(map(str, list(obj)[:10]))})" if isinstance(obj, dict) else ""
                 raise CorpusError(f"{path} line {n}: expected an object with a string 'text' field{found}")

@@ -156,6 +156,12 @@ def test_codecs_that_are_not_text_and_utf16_without_bom_fail_in_one_line(tmp_pat
     (tmp_path / "c.jsonl").write_text('{"content": "hola", "id": 3}\n')
     with pytest.raises(CorpusError, match=r"line 1: expected an object with a string 'text' field \(keys found: content, id\)"):
         read_text(str(tmp_path / "c.jsonl"))
+    # a null text is a missing value, skipped (as in a parquet file's text column); a number is an error
+    (tmp_path / "n.jsonl").write_text('{"text": "uno"}\n{"text": null}\n{"text": "dos"}\n')
+    assert read_text(str(tmp_path / "n.jsonl"))[0] == "uno\n\ndos"
+    (tmp_path / "k.jsonl").write_text('{"text": 5}\n')
+    with pytest.raises(CorpusError, match="line 1: expected an object with a string 'text' field"):
+        read_text(str(tmp_path / "k.jsonl"))
     # forcing a one-byte code page does not make random bytes text
     (tmp_path / "noise.txt").write_bytes(bytes(range(256)) * 20)
     with pytest.raises(CorpusError, match="binary"):
